@@ -1,0 +1,37 @@
+"""The segmentation networks and a registry that builds them by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from segmentation.models.deeplab import DeepLabV3ResNet18
+from segmentation.models.unet import UNet
+
+
+def _deeplab(*, backbone_weights: str | Path | None = None) -> nn.Module:
+    return DeepLabV3ResNet18(num_classes=1, backbone_weights=backbone_weights)
+
+
+def _unet(*, backbone_weights: str | Path | None = None) -> nn.Module:
+    if backbone_weights is not None:
+        raise ValueError("the UNet has no pretrained backbone; backbone_weights applies to 'deeplab' only")
+    return UNet(in_channels=3, num_classes=1)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"deeplab": _deeplab, "unet": _unet}
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def create_model(name: str, *, backbone_weights: str | Path | None = None) -> nn.Module:
+    """Build the named network with random weights (plus optional local ImageNet backbone weights)."""
+    try:
+        builder = _BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}") from None
+    return builder(backbone_weights=backbone_weights)
+
+
+__all__ = ["MODEL_NAMES", "DeepLabV3ResNet18", "UNet", "create_model"]

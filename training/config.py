@@ -1,0 +1,63 @@
+"""Training run configuration, read from a TOML file in training/configs/."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; a checkpoint carries it so the run can be rebuilt."""
+
+    model: str = "deeplab"
+    data: list[str] = field(default_factory=lambda: ["../shared/data/people-ccp"])
+    out_dir: str = "runs/deeplab"
+    steps: int = 1000
+    batch_size: int = 8
+    crop_size: int = 256
+    inference_size: int = 384  # long side the predictor resizes to; training scales around it
+    scale_range: tuple[float, float] = (0.55, 1.3)
+    augment: str = "strong"  # "strong" (ours) or "research" (crop, flips, rotation, channel shuffle, dropout)
+    loss: str = "bce_dice"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "cosine" with linear warm-up, or "constant"
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.01
+    eval_every: int = 400
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    workers: int = 1
+    init_from: str = ""  # warm start: shipped weights (.safetensors) or a checkpoint (.pt)
+    backbone_weights: str = ""  # optional local ImageNet ResNet18 state dict for DeepLab
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build a config from a dict, refusing unknown keys so typos fail loudly."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        values = dict(values)
+        if "scale_range" in values:
+            values["scale_range"] = tuple(values["scale_range"])
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a config file, then apply overrides (from the command line)."""
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (for checkpoints and cards)."""
+        values = asdict(self)
+        values["scale_range"] = list(self.scale_range)
+        return values

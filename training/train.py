@@ -1,0 +1,324 @@
+"""Train a segmentation network from a TOML config: python -m training.train CONFIG [--resume].
+
+Reads top to bottom: config, data, model, optimiser, then the loop with validation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shlex
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segmentation.models import create_model
+from segmentation.weights import IMAGENET_MEAN, IMAGENET_STD, load_state
+from training.augment import build_augment
+from training.config import TrainConfig
+from training.data import InMemoryPairs, pairs_for
+from training.losses import LOSSES
+from training.metrics import mean_scores, score_masks
+
+
+class ResumableSampler(Sampler):
+    """An endless stream of (index, seed): a fresh permutation per epoch, each sample with its own seed.
+
+    Both depend only on the run's seed and the sample's position in the stream, so a resumed run sees
+    exactly the samples and augmentations the uninterrupted run would have seen.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+        self.size, self.seed, self.start = size, seed, start
+
+    def __iter__(self):
+        position = self.start
+        while True:
+            epoch, offset = divmod(position, self.size)
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            for index in order[offset:].tolist():
+                yield index, self.seed * 1_000_003 + position
+                position += 1
+
+
+class SeededSamples(Dataset):
+    """Wraps the augmented pairs so that each sample's randomness comes from its own seed."""
+
+    def __init__(self, data: InMemoryPairs, augment) -> None:
+        self.data, self.augment = data, augment
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        state = random.getstate()
+        random.seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            partner = random.randrange(len(self.data))
+            sample = self.augment(
+                self.data.images[index], self.data.masks[index], self.data.images[partner], self.data.masks[partner]
+            )
+        random.setstate(state)
+        return sample
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW batch to normalised float, as the predictor feeds the network."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier: linear warm-up then cosine decay to min_lr_ratio (or constant)."""
+    if config.schedule == "constant":
+        return 1.0
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CPU and CUDA (where the CPU supports it); nothing elsewhere."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, device: torch.device) -> dict:
+    """Dice, IoU and pixel accuracy per set and over all: resize to the inference size, predict, upsample."""
+    model.eval()
+    by_source: dict[str, list] = {}
+    for pair, image, mask in zip(data.pairs, data.images, data.masks):
+        tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        height, width = image.shape[:2]
+        scale = config.inference_size / max(height, width)
+        size = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+        batch = normalise(F.interpolate(tensor.float(), size=size, mode="bilinear", antialias=True, align_corners=False))
+        with autocast_for(device):
+            logits = model(batch.contiguous(memory_format=torch.channels_last))
+        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+        predicted = (logits[0, 0] > 0).cpu().numpy()
+        by_source.setdefault(pair.source, []).append(score_masks(predicted, mask))
+    model.train()
+    report = {source: mean_scores(scores) for source, scores in by_source.items()}
+    report["all"] = mean_scores([s for scores in by_source.values() for s in scores])
+    return report
+
+
+def save_preview(model, data: InMemoryPairs, config: TrainConfig, device, path: Path, count: int = 6) -> None:
+    """A picture of a few validation photos: photo, predicted mask, true mask, side by side."""
+    from PIL import Image
+
+    model.eval()
+    rows = []
+    picks = np.linspace(0, len(data) - 1, count).astype(int)
+    with torch.inference_mode():
+        for index in picks:
+            image, mask = data.images[index], data.masks[index]
+            tile = Image.fromarray(image).resize((192, 256))
+            tensor = torch.from_numpy(np.asarray(tile)).permute(2, 0, 1)[None].to(device)
+            with autocast_for(device):
+                logits = model(normalise(tensor).contiguous(memory_format=torch.channels_last))
+            predicted = (torch.sigmoid(logits.float())[0, 0].cpu().numpy() * 255).astype(np.uint8)
+            truth = np.asarray(Image.fromarray(mask * 255).resize((192, 256)))
+            grey = [np.repeat(m[..., None], 3, axis=2) for m in (predicted, truth)]
+            rows.append(np.concatenate([np.asarray(tile), *grey], axis=1))
+    model.train()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def plot_curves(log_path: Path, out_path: Path) -> None:
+    """Plot training loss and validation Dice from the metrics log (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot([r["step"] for r in train], [r["loss"] for r in train])
+    left.set(title="training loss", xlabel="step")
+    for source in (val[0]["metrics"] if val else {}):
+        right.plot([r["step"] for r in val], [r["metrics"][source]["dice"] for r in val], label=source)
+    right.set(title="validation Dice", xlabel="step")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig, best: float) -> None:
+    """Write everything needed to continue exactly: weights, optimiser, schedule, step, RNG, config."""
+    checkpoint = {
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "best_dice": best,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+    }
+    temporary = path.with_suffix(".tmp")
+    torch.save(checkpoint, temporary)
+    temporary.replace(path)  # atomic: a crash mid-write never leaves a broken checkpoint
+
+
+def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Initialise from shipped weights or another run's checkpoint, so training compounds over sessions."""
+    path = Path(config.init_from)
+    if path.suffix == ".safetensors":
+        load_state(config.model, model, path)
+    else:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam as in the research, or AdamW with decoupled weight decay."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adam' or 'adamw'")
+
+
+def train(config: TrainConfig, resume: bool = False, device: str | None = None, log=print) -> dict:
+    """Run (or resume) one training run; returns the last validation report."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    # Data: decoded once into memory, shrunk to the largest size the augmentation will ask for.
+    max_side = math.ceil(config.inference_size * config.scale_range[1])
+    train_data = InMemoryPairs(pairs_for(config.data, "train"), max_side)
+    val_data = InMemoryPairs(pairs_for(config.data, "val"), None)
+    log(f"{len(train_data)} training pairs, {len(val_data)} validation pairs from {', '.join(config.data)}")
+
+    model = create_model(config.model, backbone_weights=config.backbone_weights or None)
+    if config.init_from and not resume:
+        warm_start(model, config)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+    loss_fn = LOSSES[config.loss]
+
+    step, best = 0, -1.0
+    if resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        step, best = checkpoint["step"], checkpoint["best_dice"]
+        random.setstate(checkpoint["rng"]["python"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        log(f"resumed from {checkpoint_path} at step {step}")
+
+    augment = build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
+    loader = DataLoader(
+        SeededSamples(train_data, augment),
+        sampler=ResumableSampler(len(train_data), config.seed, start=step * config.batch_size),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
+
+    report: dict = {}
+    last_checkpoint = started = time.monotonic()
+    window_loss, window_images, window_start = 0.0, 0, time.monotonic()
+    batches = iter(loader)
+    with open(log_path, "a") as metrics_log:
+        while step < config.steps:
+            images, masks = next(batches)
+            images = normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
+            masks = masks.to(device).float()
+            with autocast_for(device):
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_loss += loss.item() * len(images)
+            window_images += len(images)
+
+            if step % 10 == 0 or step == config.steps:
+                elapsed = time.monotonic() - window_start
+                record = {
+                    "kind": "train", "step": step, "loss": window_loss / window_images,
+                    "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
+                    "minutes": (time.monotonic() - started) / 60,
+                }
+                metrics_log.write(json.dumps(record) + "\n")
+                metrics_log.flush()
+                log(f"step {step}/{config.steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                    f"{record['images_per_s']:.1f} img/s  {record['minutes']:.1f} min")
+                window_loss, window_images, window_start = 0.0, 0, time.monotonic()
+
+            if step % config.eval_every == 0 or step == config.steps:
+                report = validate(model, val_data, config, device)
+                metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
+                metrics_log.flush()
+                log("val " + "  ".join(f"{k} dice {v['dice']:.4f}" for k, v in report.items()))
+                save_preview(model, val_data, config, device, out_dir / f"preview-{step:06d}.png")
+                plot_curves(log_path, out_dir / "curves.png")
+                if report["all"]["dice"] > best:
+                    best = report["all"]["dice"]
+                    torch.save({"config": config.to_dict(), "model": model.state_dict(), "step": step,
+                                "metrics": report}, out_dir / "best.pt")
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best)
+                last_checkpoint = time.monotonic()
+            elif time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best)
+                last_checkpoint = time.monotonic()
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: a config file, optional overrides, --resume."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="a TOML file in training/configs/")
+    parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--out-dir")
+    parser.add_argument("--init-from", help="warm start from shipped weights or a checkpoint")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--data", nargs="+")
+    args = parser.parse_args(argv)
+    config = TrainConfig.from_toml(
+        args.config, steps=args.steps, out_dir=args.out_dir, init_from=args.init_from,
+        threads=args.threads, data=args.data,
+    )
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.out_dir) / "command.txt").write_text(shlex.join([sys.executable, "-m", "training.train", *(argv or sys.argv[1:])]) + "\n")
+    train(config, resume=args.resume, device=args.device, log=lambda message: print(message, flush=True))
+
+
+if __name__ == "__main__":
+    main()
