@@ -68,6 +68,6 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips)):
+        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
             x = decoder(x, skip)
         return self.head(x)[..., :height, :width]

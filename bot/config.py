@@ -1,0 +1,88 @@
+"""The bot's settings: the one place in the project that reads environment variables (prefix ``BOT_``, or ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The Bot API lets a bot download files up to 20 MB (a local Bot API server lifts this; we keep the safe value).
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+# Mirrors segmentation.imageio.DEFAULT_MAX_PIXELS; kept as a literal so loading settings does not import the engine.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class Settings(BaseSettings):
+    """Everything the bot can be configured with; values come from ``BOT_*`` variables or a ``.env`` file."""
+
+    model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    token: SecretStr = Field(description="the bot token from @BotFather (BOT_TOKEN)")
+    # NoDecode: pydantic-settings would otherwise try to JSON-decode "1001,1002" and fail before our validator runs.
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    default_model: str = "deeplab"
+    data_dir: Path = Path("data")
+    queue_size: int = Field(default=32, ge=1)
+    workers: int = Field(default=1, ge=1)
+    user_pending_limit: int = Field(default=3, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    request_timeout: float = Field(default=120.0, gt=0)
+    shutdown_timeout: float = Field(default=20.0, ge=0)
+    api_base_url: str | None = None
+    api_base_file_url: str | None = None
+    log_level: str = "INFO"
+    max_download_bytes: int = Field(default=MAX_DOWNLOAD_BYTES, ge=1)
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("BOT_TOKEN is empty")
+        return value
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: object) -> object:
+        """Accept "1001,1002" (and spaces or semicolons) as well as a list of ints."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.replace(";", ",").split(",")]
+            try:
+                return frozenset(int(part) for part in parts if part)
+            except ValueError:
+                raise ValueError(f"BOT_ADMIN_IDS must be comma-separated user ids, got {value!r}") from None
+        if isinstance(value, int):
+            return frozenset({value})
+        return value
+
+    @field_validator("default_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        # Imported here: the registry pulls in torch, which a missing-token error should not wait for.
+        from segmentation.models import MODEL_NAMES
+
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each bad or missing setting by its environment variable, never echoing values."""
+    problems = []
+    for item in error.errors():
+        name = "BOT_" + "_".join(str(part) for part in item["loc"]).upper() if item["loc"] else "settings"
+        if item["type"] == "missing":
+            problems.append(f"{name} is not set")
+        else:
+            # item["msg"] never contains the input for our validators; the raw input is deliberately left out.
+            problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)

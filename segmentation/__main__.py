@@ -1,0 +1,7 @@
+"""`python -m segmentation` is the `bgremover` command line."""
+
+import sys
+
+from segmentation.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""The `bgremover` command line: remove backgrounds from photos, list the networks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import ImageColor
+
+from segmentation.imageio import DEFAULT_MAX_PIXELS, InputImageError
+from segmentation.models import MODEL_NAMES
+from segmentation.predictor import Predictor, RenderOptions, remove_background
+from segmentation.weights import WEIGHTS_DIR, WeightsError, read_card
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+
+
+def _colour(text: str) -> tuple[int, int, int]:
+    try:
+        return ImageColor.getrgb(text)[:3]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a colour: {text!r} (try white, #00ff00 or 'rgb(0,0,255)')") from None
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    """Expand folders into the images they hold; keep files as given (decoding will judge them)."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def _output_for(source: Path, out: Path, many: bool) -> Path:
+    if many or out.is_dir() or str(out).endswith(("/", "\\")):
+        return out / f"{source.stem}.png"
+    return out
+
+
+def remove_command(args: argparse.Namespace) -> int:
+    """Remove the background of each input; a bad file gets one line on stderr and a non-zero status."""
+    inputs = _inputs(args.inputs)
+    if not inputs:
+        print("bgremover: no images found in the given folder(s)", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    many = len(inputs) > 1 or any(Path(p).is_dir() for p in args.inputs)
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        predictor = Predictor.from_weights(args.model, args.weights_dir)
+    except WeightsError as error:
+        print(f"bgremover: {error}", file=sys.stderr)
+        return 1
+    options = RenderOptions(background=args.bg, mask_only=args.mask_only, hard=args.hard)
+    failures = 0
+    for source in inputs:
+        try:
+            result = remove_background(source, predictor, options, max_pixels=args.max_pixels)
+        except InputImageError as error:
+            print(f"bgremover: {source}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        target = _output_for(source, out, many)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.png)
+        note = "" if result.person_found else "  (no person found)"
+        print(f"{source} -> {target}  {result.width}x{result.height}  {result.timings['total']:.2f} s{note}")
+    return 1 if failures else 0
+
+
+def models_command(args: argparse.Namespace) -> int:
+    """List the networks with what their weights' cards say."""
+    for name in MODEL_NAMES:
+        try:
+            card = read_card(name, args.weights_dir or WEIGHTS_DIR)
+        except WeightsError as error:
+            print(f"{name}: no weights ({error})")
+            continue
+        dice = card.metrics.get("all", {}).get("dice")
+        score = f"val Dice {dice:.3f}" if dice is not None else "no validation metrics"
+        print(f"{name}: {card.parameters / 1e6:.1f} M parameters, input long side {card.inference_size}, {score}")
+        for source, metrics in card.metrics.items():
+            if source != "all":
+                print(f"    {source}: Dice {metrics['dice']:.3f}  IoU {metrics['iou']:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `bgremover`."""
+    parser = argparse.ArgumentParser(prog="bgremover", description="Remove the background from photos of people.")
+    parser.add_argument("--weights-dir", type=Path, help="a folder of weights (default: the shipped ones)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    remove = commands.add_parser("remove", help="remove the background of photos")
+    remove.add_argument("inputs", nargs="+", help="image files or folders")
+    remove.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    remove.add_argument("--model", choices=MODEL_NAMES, default="deeplab")
+    remove.add_argument("--mask-only", action="store_true", help="write the mask instead of the cutout")
+    remove.add_argument("--bg", type=_colour, help="fill the background with a colour instead of transparency")
+    remove.add_argument("--hard", action="store_true", help="a hard binary edge instead of a soft one")
+    remove.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=argparse.SUPPRESS)
+    remove.set_defaults(handler=remove_command)
+    models = commands.add_parser("models", help="list the networks and their weights")
+    models.set_defaults(handler=models_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bgremover` console script."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
