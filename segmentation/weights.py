@@ -67,6 +67,7 @@ def save_weights(model: nn.Module, card: ModelCard, directory: Path = WEIGHTS_DI
     }
     card.parameters = sum(p.numel() for p in model.parameters())
     save_file(state, str(tensors_path), metadata={"architecture": card.architecture, "format": "pt"})
+    tensors_path.chmod(0o644)  # safetensors writes 0600; shipped weights must be readable by the service user
     card_path.write_text(card.to_json())
     return tensors_path, card_path
 

@@ -101,12 +101,13 @@ def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, d
     """Dice, IoU and pixel accuracy per set and over all: resize to the inference size, predict, upsample."""
     model.eval()
     by_source: dict[str, list] = {}
-    for pair, image, mask in zip(data.pairs, data.images, data.masks):
+    for pair, image, mask in zip(data.pairs, data.images, data.masks, strict=True):
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
         height, width = image.shape[:2]
         scale = config.inference_size / max(height, width)
         size = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
-        batch = normalise(F.interpolate(tensor.float(), size=size, mode="bilinear", antialias=True, align_corners=False))
+        resized = F.interpolate(tensor.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        batch = normalise(resized)
         with autocast_for(device):
             logits = model(batch.contiguous(memory_format=torch.channels_last))
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
@@ -129,7 +130,7 @@ def save_preview(model, data: InMemoryPairs, config: TrainConfig, device, path: 
         for index in picks:
             image, mask = data.images[index], data.masks[index]
             tile = Image.fromarray(image).resize((192, 256))
-            tensor = torch.from_numpy(np.asarray(tile)).permute(2, 0, 1)[None].to(device)
+            tensor = torch.from_numpy(np.array(tile)).permute(2, 0, 1)[None].to(device)
             with autocast_for(device):
                 logits = model(normalise(tensor).contiguous(memory_format=torch.channels_last))
             predicted = (torch.sigmoid(logits.float())[0, 0].cpu().numpy() * 255).astype(np.uint8)
@@ -173,7 +174,11 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: 
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best_dice": best,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        "rng": {
+            "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            # Dropout on a GPU draws from the CUDA generator, which the CPU state does not cover.
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
     }
     temporary = path.with_suffix(".tmp")
     torch.save(checkpoint, temporary)
@@ -187,6 +192,16 @@ def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
         load_state(config.model, model, path)
     else:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+
+
+def forget_after(log_path: Path, step: int) -> None:
+    """Drop metrics logged after a step: on resume they came from steps the crashed run will now redo."""
+    if not log_path.is_file():
+        return
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        log_path.write_text("".join(line + "\n" for line in kept))
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -227,7 +242,9 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
 
     step, best = 0, -1.0
     if resume and checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # Loaded to the CPU: torch.set_rng_state needs a CPU tensor (a CUDA map_location broke GPU resumes);
+        # load_state_dict moves weights and optimiser state onto the model's device itself.
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -235,6 +252,9 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
         random.setstate(checkpoint["rng"]["python"])
         np.random.set_state(checkpoint["rng"]["numpy"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        forget_after(log_path, step)
         log(f"resumed from {checkpoint_path} at step {step}")
 
     augment = build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
@@ -245,6 +265,9 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
         worker_init_fn=lambda _: torch.set_num_threads(1),
+        # Its own generator: by default a DataLoader draws its base seed from the global torch RNG when
+        # iterated, which shifted the dropout masks of a resumed run by one draw.
+        generator=torch.Generator().manual_seed(config.seed),
     )
 
     report: dict = {}
@@ -316,7 +339,11 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads, data=args.data,
     )
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(config.out_dir) / "command.txt").write_text(shlex.join([sys.executable, "-m", "training.train", *(argv or sys.argv[1:])]) + "\n")
+    # Appended, not overwritten: a resume (perhaps with new --steps) adds a line below the command that started
+    # the run, and export puts the whole history in the weights card.
+    command = shlex.join([sys.executable, "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])
+    with open(Path(config.out_dir) / "command.txt", "a") as command_file:
+        command_file.write(command + "\n")
     train(config, resume=args.resume, device=args.device, log=lambda message: print(message, flush=True))
 
 

@@ -1,0 +1,630 @@
+"""Tests of training/: datasets, augmentation, losses, metrics, the loop and its resume, export and evaluation.
+
+Everything runs on tiny synthetic data (people drawn with PIL) at 32-64 px, on one thread, so the file
+stays well under a minute on two busy cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+import training.train as train_module
+from segmentation.models import create_model
+from segmentation.weights import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
+from training.augment import MEAN_RGB, build_augment
+from training.config import TrainConfig
+from training.data import DatasetError, InMemoryPairs, find_pairs, load_pair, pairs_for
+from training.evaluate import evaluate, format_table
+from training.evaluate import main as evaluate_main
+from training.export import ExportError, dataset_entry, export
+from training.export import main as export_main
+from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
+from training.metrics import MaskScores, mean_scores, score_masks
+from training.train import ResumableSampler, SeededSamples, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+PEOPLE_TRAIN_PAIRS = 902 + 1341 + 1289  # people-ccp, people-picsart, people-portraits train splits
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two training runs share this machine: tests use one thread and restore the setting after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def draw_person(width: int, height: int, rng: random.Random) -> tuple[Image.Image, Image.Image]:
+    """A photo of a 'person' (head and body in one colour) on a gradient background, and its 0/255 mask."""
+    start = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    end = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    background = np.broadcast_to(start + (end - start) * ramp, (height, width, 3))
+    noise = np.random.default_rng(rng.randint(0, 2**31)).normal(0, 6, (height, width, 3))
+    image = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    centre = rng.randint(width * 3 // 10, width * 7 // 10)
+    radius = rng.randint(max(3, width // 10), max(4, width // 6))
+    top = rng.randint(1, height // 5)
+    draw.ellipse((centre - radius, top, centre + radius, top + 2 * radius), fill=255)
+    body = rng.randint(radius + 1, 2 * radius + 2)
+    draw.rectangle((centre - body, top + 2 * radius - 1, centre + body, height - 1), fill=255)
+    colour = (rng.randint(150, 255), rng.randint(0, 90), rng.randint(60, 160))
+    image.paste(Image.new("RGB", image.size, colour), mask=mask)
+    return image, mask
+
+
+def make_people_dataset(
+    root: Path, train: int = 6, val: int = 2, size: tuple[int, int] = (48, 64), seed: int = 0
+) -> Path:
+    """A dataset folder in the people_segmentation layout: images/, masks/, segmentation/{train,val}.txt."""
+    rng = random.Random(seed)
+    for folder in ("images", "masks", "segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    names = [f"{index:04d}" for index in range(train + val)]
+    for name in names:
+        image, mask = draw_person(*size, rng)
+        image.save(root / "images" / f"{name}.jpg", quality=95)
+        mask.save(root / "masks" / f"{name}.png")
+    (root / "segmentation" / "train.txt").write_text("\n".join(names[:train]) + "\n")
+    (root / "segmentation" / "val.txt").write_text("\n".join(names[train:]) + "\n")
+    return root
+
+
+def make_carvana_dataset(root: Path, count: int = 10, size: tuple[int, int] = (64, 48), seed: int = 1) -> Path:
+    """A dataset folder in the Carvana layout: train/<id>.jpg and train_masks/<id>_mask.gif (palette 0/1)."""
+    rng = random.Random(seed)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "train_masks").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image, mask = draw_person(*size, rng)
+        name = f"car{index // 4:03d}_{index % 4 + 1:02d}"
+        image.save(root / "train" / f"{name}.jpg", quality=95)
+        # Carvana's masks are palette GIFs whose indices are 0 and 1, with index 1 drawn white.
+        indices = Image.fromarray((np.asarray(mask) >= 128).astype(np.uint8), mode="P")
+        indices.putpalette([0, 0, 0, 255, 255, 255])
+        indices.save(root / "train_masks" / f"{name}_mask.gif")
+    return root
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory) -> Path:
+    """A tiny people_segmentation-layout set, shared read-only by the tests of this module."""
+    return make_people_dataset(tmp_path_factory.mktemp("data") / "people-tiny", train=6, val=2)
+
+
+def tiny_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
+    """A DeepLab run small enough for a test: 64 px crops, one thread, no worker processes."""
+    values = dict(
+        model="deeplab", data=[str(data)], out_dir=str(out_dir), steps=12, batch_size=2, crop_size=64,
+        inference_size=64, scale_range=(0.8, 1.2), augment="strong", loss="bce_dice", optimizer="adamw",
+        lr=1e-3, schedule="cosine", warmup_steps=4, eval_every=1000, checkpoint_minutes=60.0, seed=3,
+        threads=1, workers=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+class Interrupt(Exception):
+    """Stands for a crash or a Ctrl-C in the middle of a run."""
+
+
+def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: Path, monkeypatch) -> None:
+    # Pictures cost time and change no state; leave them out of this test.
+    monkeypatch.setattr(train_module, "save_preview", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_module, "plot_curves", lambda *args, **kwargs: None)
+    # One run goes straight through 6 steps (cosine schedule with warm-up, dropout, augmentation) ...
+    whole = tiny_config(people, tmp_path / "whole", steps=6)
+    train(whole, log=lambda _: None)
+
+    # ... another crashes just after its checkpoint at step 4, then resumes to step 6.
+    save_checkpoint = train_module.save_checkpoint
+
+    def crash_after_step_4(path, model, optimizer, scheduler, step, *rest) -> None:
+        save_checkpoint(path, model, optimizer, scheduler, step, *rest)
+        if step == 4:
+            raise Interrupt
+
+    broken = tiny_config(people, tmp_path / "broken", steps=6, checkpoint_minutes=0.0)  # a checkpoint every step
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(Interrupt):
+        train(broken, log=lambda _: None)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
+    messages: list[str] = []
+    train(broken, resume=True, log=messages.append)
+    assert any(message.startswith("resumed") and "step 4" in message for message in messages)
+
+    expected = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == expected["step"] == 6
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    learning_rates = [checkpoint["optimizer"]["param_groups"][0]["lr"] for checkpoint in (resumed, expected)]
+    assert learning_rates[0] == pytest.approx(learning_rates[1])
+
+
+@pytest.fixture(scope="module")
+def trained_run(people: Path, tmp_path_factory) -> Path:
+    """A 20-step DeepLab run on the tiny set (validated at steps 10 and 20); its folder, for several tests."""
+    out_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    config = tiny_config(people, out_dir, steps=20, batch_size=4, schedule="constant", eval_every=10)
+    out_dir.mkdir()
+    (out_dir / "command.txt").write_text(
+        "/usr/local/bin/python3.11 -m training.train tiny.toml --steps 10\n"
+        "/usr/local/bin/python3.11 -m training.train tiny.toml --steps 20 --resume\n"
+    )
+    train(config, log=lambda _: None)
+    return out_dir
+
+
+def test_loss_falls_and_the_run_leaves_its_records(trained_run: Path) -> None:
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if record["kind"] == "train"]
+    assert len(losses) == 2  # the mean loss over steps 1-10 and over steps 11-20
+    assert losses[1] < 0.8 * losses[0]
+    validations = [record for record in records if record["kind"] == "val"]
+    assert [record["step"] for record in validations] == [10, 20]
+    assert set(validations[-1]["metrics"]) == {"people-tiny", "all"}
+    for name in ("checkpoint.pt", "best.pt", "preview-000010.png", "preview-000020.png"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_one_image_can_be_overfit() -> None:
+    image, mask = draw_person(64, 64, random.Random(5))
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    batch = train_module.normalise(pixels)
+    target = torch.from_numpy((np.asarray(mask) >= 128).astype(np.float32))[None, None]
+    torch.manual_seed(0)
+    model = create_model("deeplab").train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def dice() -> float:
+        # Scored as the predictor scores: eval mode (BatchNorm running statistics), logits above zero.
+        model.eval()
+        with torch.inference_mode(), train_module.autocast_for(torch.device("cpu")):
+            predicted = (model(batch)[0, 0] > 0).numpy()
+        model.train()
+        return score_masks(predicted, target[0, 0].numpy()).dice
+
+    assert dice() < 0.9
+    scores = []
+    for step in range(1, 81):
+        with train_module.autocast_for(torch.device("cpu")):
+            logits = model(batch)
+        loss = bce_dice_loss(logits.float(), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 5 == 0:
+            scores.append(dice())
+            if scores[-1] > 0.9:
+                break
+    assert scores[-1] > 0.9, f"Dice after {step} steps: {scores}"
+
+
+def test_sampler_stream_restarts_at_any_position() -> None:
+    full = ResumableSampler(size=5, seed=2)
+    stream = [item for item, _ in zip(full, range(23), strict=False)]
+    resumed = [item for item, _ in zip(ResumableSampler(size=5, seed=2, start=12), range(11), strict=False)]
+    assert resumed == stream[12:]
+    for epoch in range(4):  # every epoch is a permutation of all the samples
+        assert sorted(index for index, _ in stream[epoch * 5:(epoch + 1) * 5]) == list(range(5))
+    assert len({seed for _, seed in stream}) == len(stream)  # each sample its own augmentation seed
+
+
+def test_seeded_samples_repeat_for_the_same_seed(people: Path) -> None:
+    data = InMemoryPairs(pairs_for([people], "train"), max_side=64)
+    samples = SeededSamples(data, build_augment("strong", 48, 48, (0.8, 1.2)))
+    first, again, other = samples[(1, 77)], samples[(1, 77)], samples[(1, 78)]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_main_appends_each_command_line(people: Path, tmp_path: Path) -> None:
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text('model = "deeplab"\nthreads = 1\nworkers = 0\n')
+    out_dir = tmp_path / "run"
+    for extra in ([], ["--resume"]):
+        train_module.main([str(config_path), "--steps", "0", "--out-dir", str(out_dir), "--data", str(people), *extra])
+    lines = (out_dir / "command.txt").read_text().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(f"-m training.train {config_path} --steps 0 --out-dir {out_dir} --data {people}")
+    assert lines[1].endswith("--resume")
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_every_shipped_config_is_accepted() -> None:
+    paths = sorted(CONFIGS.glob("*.toml"))
+    assert {"unet_research.toml", "deeplab_research.toml", "unet_carvana.toml"} <= {path.name for path in paths}
+    for path in paths:
+        config = TrainConfig.from_toml(path)
+        assert config.model in ("deeplab", "unet"), path
+        build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
+        assert config.loss in LOSSES and config.optimizer in ("adam", "adamw"), path
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "size", "batch", "epochs", "pairs"),
+    [
+        ("unet_research", "unet", 256, 1, 20, PEOPLE_TRAIN_PAIRS),
+        ("deeplab_research", "deeplab", 512, 2, 5, PEOPLE_TRAIN_PAIRS),
+        ("unet_carvana", "unet", 256, 1, None, None),
+    ],
+)
+def test_research_configs_match_the_documented_runs(name, model, size, batch, epochs, pairs) -> None:
+    config = TrainConfig.from_toml(CONFIGS / f"{name}.toml")
+    assert (config.model, config.crop_size, config.inference_size, config.batch_size) == (model, size, size, batch)
+    assert (config.optimizer, config.lr, config.loss, config.schedule) == ("adam", 1e-4, "bce", "constant")
+    assert config.augment == "research"
+    if epochs is not None:
+        assert config.steps * config.batch_size == epochs * pairs
+    if name == "unet_carvana":
+        assert config.data == ["data/carvana"]
+
+
+def test_config_refuses_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text('model = "unet"\nlearning_rate = 0.1\n')
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_toml(path)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def test_people_layout_lists_pairs_per_split(people: Path) -> None:
+    train_pairs, val_pairs = find_pairs(people, "train"), find_pairs(people, "val")
+    assert [pair.image.name for pair in val_pairs] == ["0006.jpg", "0007.jpg"]
+    assert len(train_pairs) == 6 and all(pair.source == "people-tiny" for pair in train_pairs)
+    image, mask = load_pair(val_pairs[0])
+    assert image.shape == (64, 48, 3) and image.dtype == np.uint8
+    assert mask.shape == (64, 48) and set(np.unique(mask)) == {0, 1}
+
+
+def test_carvana_layout_splits_one_in_ten(tmp_path: Path) -> None:
+    root = make_carvana_dataset(tmp_path / "carvana", count=20)
+    train_pairs, val_pairs = find_pairs(root, "train"), find_pairs(root, "val")
+    assert len(train_pairs) == 18 and len(val_pairs) == 2
+    assert not {pair.image for pair in train_pairs} & {pair.image for pair in val_pairs}
+    assert val_pairs[0].mask.name == val_pairs[0].image.stem + "_mask.gif"
+    image, mask = load_pair(val_pairs[0])
+    # The palette indices 0/1 must come out as person pixels, not as a near-black (empty) mask.
+    assert image.shape[:2] == mask.shape and mask.max() == 1 and 0 < mask.mean() < 1
+
+
+def _copy_dataset(people: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(people, tmp_path / "people-copy"))
+
+
+def test_missing_mask_is_named(people: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(people, tmp_path)
+    (root / "masks" / "0003.png").unlink()
+    with pytest.raises(DatasetError, match=r"masks/0003\.png"):
+        find_pairs(root, "train")
+
+
+def test_size_mismatch_is_named(people: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(people, tmp_path)
+    Image.new("L", (40, 40)).save(root / "masks" / "0006.png")
+    with pytest.raises(DatasetError, match=r"size mismatch.*images/0006\.jpg.*masks/0006\.png"):
+        load_pair(find_pairs(root, "val")[0])
+
+
+def test_empty_split_list_is_named(people: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(people, tmp_path)
+    (root / "segmentation" / "val.txt").write_text("\n \n")
+    with pytest.raises(DatasetError, match=r"empty: .*segmentation/val\.txt"):
+        pairs_for([root], "val")
+
+
+def test_missing_split_list_is_named(people: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(people, tmp_path)
+    with pytest.raises(DatasetError, match=r"not found: .*segmentation/test\.txt"):
+        find_pairs(root, "test")
+
+
+def test_carvana_missing_mask_and_unknown_layout_are_named(tmp_path: Path) -> None:
+    root = make_carvana_dataset(tmp_path / "carvana", count=3)
+    (root / "train_masks" / "car000_02_mask.gif").unlink()
+    with pytest.raises(DatasetError, match=r"train_masks/car000_02_mask\.gif"):
+        find_pairs(root, "train")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DatasetError, match="other is neither"):
+        find_pairs(tmp_path / "other", "train")
+
+
+# ---------------------------------------------------------------- metrics and losses
+
+
+def test_metrics_match_hand_counts() -> None:
+    predicted = np.zeros((4, 5), dtype=bool)
+    target = np.zeros((4, 5), dtype=bool)
+    predicted[0, :4] = True  # 4 predicted pixels
+    target[0, 2:] = True  # 3 true pixels, 2 of them predicted
+    target[1, 0] = True  # a 4th true pixel, missed
+    # intersection 2, union 4 + 4 - 2 = 6, wrong pixels: 2 false positives + 2 misses = 4 of 20.
+    scores = score_masks(predicted, target)
+    assert scores.dice == pytest.approx(2 * 2 / (4 + 4))
+    assert scores.iou == pytest.approx(2 / 6)
+    assert scores.pixel_accuracy == pytest.approx(16 / 20)
+
+
+def test_metrics_of_empty_masks() -> None:
+    empty, full = np.zeros((3, 3), dtype=bool), np.ones((3, 3), dtype=bool)
+    assert score_masks(empty, empty) == MaskScores(1.0, 1.0, 1.0)  # nothing to find, nothing found
+    assert score_masks(full, empty) == MaskScores(0.0, 0.0, 0.0)
+    one = empty.copy()
+    one[1, 1] = True
+    assert score_masks(empty, one) == MaskScores(0.0, 0.0, pytest.approx(8 / 9))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        score_masks(empty, np.zeros((3, 4), dtype=bool))
+
+
+def test_mean_scores_average_over_images() -> None:
+    means = mean_scores([MaskScores(1.0, 1.0, 1.0), MaskScores(0.5, 0.25, 0.75)])
+    assert means == {"dice": 0.75, "iou": 0.625, "pixel_accuracy": 0.875, "images": 2}
+    with pytest.raises(ValueError):
+        mean_scores([])
+
+
+def test_losses_reward_the_right_answer() -> None:
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    perfect, inverted = (target * 2 - 1) * 20, (1 - target * 2) * 20
+    assert soft_dice_loss(perfect, target) < 1e-3
+    assert bce_loss(perfect, target) < 1e-3
+    assert soft_dice_loss(inverted, target) > 0.99
+    assert bce_loss(inverted, target) > 10
+    unsure = torch.zeros_like(target)
+    assert bce_loss(unsure, target) == pytest.approx(np.log(2), rel=1e-5)
+    combined = bce_loss(unsure, target) + soft_dice_loss(unsure, target)
+    assert bce_dice_loss(unsure, target) == pytest.approx(float(combined))
+    assert set(LOSSES) == {"bce", "dice", "bce_dice"}
+
+
+def test_dice_loss_is_per_image() -> None:
+    # A missed small person costs as much as a missed large one: Dice is averaged over images, not pixels.
+    small, large = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    small[..., :4, :4], large[..., :12, :12] = 1, 1  # 16 and 144 pixels
+    target = torch.cat([small, large])
+    miss_small = torch.where(torch.cat([torch.zeros_like(small), large]).bool(), 20.0, -20.0)
+    miss_large = torch.where(torch.cat([small, torch.zeros_like(large)]).bool(), 20.0, -20.0)
+    assert soft_dice_loss(miss_small, target) == pytest.approx(float(soft_dice_loss(miss_large, target)), abs=0.05)
+    assert bce_loss(miss_large, target) > 5 * bce_loss(miss_small, target)  # per pixel, size is all that counts
+
+
+def test_dice_loss_has_gradients_towards_the_target() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4] = 1
+    logits = torch.zeros_like(target, requires_grad=True)
+    bce_dice_loss(logits, target).backward()
+    assert (logits.grad[target.bool()] < 0).all() and (logits.grad[~target.bool()] > 0).all()
+
+
+# ---------------------------------------------------------------- augmentation
+
+PERSON_GREY = 200  # grey survives channel shuffles; the backgrounds below stay far from it
+
+
+def _grey_person(width: int, height: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """A drawn person in pure grey on a darker background, and its 0/1 mask."""
+    image, mask = draw_person(width, height, rng)
+    pixels = np.array(image)
+    person = np.asarray(mask) >= 128
+    pixels[person] = PERSON_GREY
+    pixels[~person] = np.minimum(pixels[~person], 150)
+    return pixels, person.astype(np.uint8)
+
+
+def _interior(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Pixels at least radius away from the other label and from the crop's border."""
+    padded = F.pad(mask[None].float(), [radius] * 4, value=0.0)
+    return (-F.max_pool2d(-padded, 2 * radius + 1, stride=1))[0].bool()
+
+
+@pytest.mark.parametrize("recipe", ["strong", "research"])
+def test_augmentation_keeps_photo_and_mask_aligned(recipe: str) -> None:
+    augment = build_augment(recipe, crop_size=48, base_side=64, scale_range=(0.6, 1.3))
+    # Photometric changes move no pixel, and dropout hides the person on purpose; both off, so every
+    # pixel of the person keeps its colour and alignment is all that is checked.
+    augment.photometric = lambda image: image
+    augment.colour = False
+    augment.dropout_probability = 0.0
+    rng = random.Random(7)
+    for trial in range(12):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        partner, partner_mask = _grey_person(40, 56, rng)
+        # An all-grey partner photo: the one-pixel feather around a pasted person then blends grey into
+        # grey, and only where the two people overlap does it touch the first person.
+        partner[:] = PERSON_GREY
+        image, mask = augment(*_grey_person(48, 64, rng), partner, partner_mask)
+        assert image.shape == (3, 48, 48) and mask.shape == (1, 48, 48)
+        assert image.dtype == mask.dtype == torch.uint8 and set(mask.unique().tolist()) <= {0, 1}
+        is_grey = ((image.int() - PERSON_GREY).abs() <= 2).all(0)
+        # Resizing and rotation blend a pixel or two at every edge: compare away from them.
+        inside, outside = _interior(mask[0], 2), _interior(1 - mask[0], 2)
+        assert inside.sum() > 20 and outside.sum() > 20, f"trial {trial}: degenerate crop"
+        assert is_grey[inside].all(), f"trial {trial}: person pixels lost their colour"
+        assert not is_grey[outside].any(), f"trial {trial}: background pixels look like the person"
+
+
+@pytest.mark.parametrize("recipe", ["strong", "research"])
+def test_full_augmentation_returns_crops_of_the_requested_size(recipe: str) -> None:
+    augment = build_augment(recipe, crop_size=40, base_side=56, scale_range=(0.5, 1.4))
+    rng = random.Random(3)
+    random.seed(3)
+    torch.manual_seed(3)
+    for _ in range(8):
+        image, mask = augment(*_grey_person(48, 64, rng), *_grey_person(64, 48, rng))
+        assert image.shape == (3, 40, 40) and mask.shape == (1, 40, 40)
+        assert image.dtype == mask.dtype == torch.uint8 and set(mask.unique().tolist()) <= {0, 1}
+
+
+def test_padding_uses_the_mean_colour_and_background_label() -> None:
+    augment = build_augment("research", crop_size=64, base_side=32, scale_range=(1.0, 1.0))
+    augment.photometric = lambda image: image
+    augment.dropout_probability = augment.rotate_probability = 0.0
+    random.seed(0)
+    image, mask = augment(*_grey_person(24, 32, random.Random(1)), *_grey_person(24, 32, random.Random(2)))
+    padded = (image == torch.tensor(MEAN_RGB, dtype=torch.uint8)[:, None, None]).all(0)
+    assert padded.float().mean() > 0.6  # a 24x32 photo inside a 64x64 crop
+    assert not mask[0][padded].any()
+
+
+# ---------------------------------------------------------------- export and evaluation
+
+
+def test_export_round_trips_through_the_shipped_format(trained_run: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained_run / "best.pt", weights_only=False)
+    card = export(trained_run / "best.pt", tmp_path / "weights", log=lambda _: None)
+    assert sorted(path.name for path in (tmp_path / "weights").iterdir()) == ["deeplab.json", "deeplab.safetensors"]
+    tensors = load_file(tmp_path / "weights" / "deeplab.safetensors")
+    assert {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()} == {torch.float16}
+
+    loaded, loaded_card = load_model("deeplab", tmp_path / "weights")
+    assert loaded_card == card == read_card("deeplab", tmp_path / "weights")
+    original = create_model("deeplab")
+    original.load_state_dict(checkpoint["model"])
+    original.eval()
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected, actual = torch.sigmoid(original(batch)), torch.sigmoid(loaded(batch))
+    torch.testing.assert_close(actual, expected, atol=5e-3, rtol=0)  # float16 weights, float32 maths
+
+    assert (card.architecture, card.inference_size, card.threshold) == ("deeplab", 64, 0.5)
+    assert (card.mean, card.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert card.parameters == sum(p.numel() for p in original.parameters())
+    [entry] = card.training_data
+    assert entry["name"] == "people-tiny" and entry["source"] == "not stated"
+    assert entry["terms"].startswith("not stated: read ")
+    assert entry["terms"].endswith("people-tiny/README.md before shipping weights trained on it")
+    assert card.training_command == "python -m training.train tiny.toml --steps 10"
+    assert card.training["commands"][1] == "python -m training.train tiny.toml --steps 20 --resume"
+    step = checkpoint["step"]
+    assert card.training["steps"] == step and card.training["samples_seen"] == 4 * step
+    assert card.training["epochs"] == pytest.approx(4 * step / 6, abs=0.01)
+    assert card.training["config"] == checkpoint["config"]
+    assert card.training["validation_during_training"] == checkpoint["metrics"]
+    assert card.metrics == {}  # only --evaluate writes scores, and only production-path ones
+
+
+def test_export_evaluate_writes_what_training_evaluate_reproduces(
+    trained_run: Path, people: Path, tmp_path: Path, capsys
+) -> None:
+    weights = tmp_path / "weights"
+    assert export_main([str(trained_run / "checkpoint.pt"), "--out-dir", str(weights), "--evaluate"]) == 0
+    card = read_card("deeplab", weights)
+    assert set(card.metrics) == {"people-tiny", "all"} and card.metrics["all"]["images"] == 2
+    assert card.training["evaluation"]["split"] == "val"
+    assert f"--weights-dir {weights}" in card.training["evaluation"]["command"]
+    capsys.readouterr()
+
+    report = evaluate_main(
+        ["--model", "deeplab", "--data", str(people), "--weights-dir", str(weights), "--json", str(tmp_path / "r.json")]
+    )
+    assert report == card.metrics
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"] == card.metrics
+    table = capsys.readouterr().out
+    assert "people-tiny" in table and "all" in table and f"{card.metrics['all']['dice']:.4f}" in table
+
+
+class ListedMasks:
+    """A stand-in predictor that answers with given masks in turn, and records what it was shown."""
+
+    def __init__(self, masks: list[np.ndarray]) -> None:
+        self.masks, self.seen = list(masks), []
+
+    def predict_mask(self, image: Image.Image) -> np.ndarray:
+        self.seen.append((image.mode, image.size))
+        return self.masks.pop(0)
+
+
+def test_evaluate_reports_each_set_and_the_mean_over_all_images(people: Path, tmp_path: Path) -> None:
+    other = make_people_dataset(tmp_path / "people-other", train=1, val=3, size=(40, 32), seed=9)
+    truths = [np.asarray(Image.open(pair.mask)) >= 128 for pair in pairs_for([people], "val")]
+    blanks = [np.zeros((32, 40), dtype=bool)] * 3  # the people of the second set are all missed
+    predictor = ListedMasks(truths + blanks)
+    report = evaluate(predictor, [people, other])
+    assert predictor.seen == [("RGB", (48, 64))] * 2 + [("RGB", (40, 32))] * 3
+    assert report["people-tiny"] == {"dice": 1.0, "iou": 1.0, "pixel_accuracy": 1.0, "images": 2}
+    assert report["people-other"]["dice"] == 0.0 and report["people-other"]["images"] == 3
+    assert report["all"]["dice"] == pytest.approx(2 / 5)  # over images: (1 + 1 + 0 + 0 + 0) / 5
+    assert list(report) == ["people-tiny", "people-other", "all"]
+
+    limited = evaluate(ListedMasks(truths[:1] + blanks[:1]), [people, other], limit=1)
+    assert [limited[name]["images"] for name in limited] == [1, 1, 2]
+    lines = format_table(limited).splitlines()
+    assert lines[0].split() == ["set", "images", "Dice", "IoU", "pixel", "acc"] and lines[-1].startswith("all ")
+
+
+def test_evaluate_names_a_photo_whose_mask_does_not_fit(people: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(people, tmp_path)
+    Image.new("L", (64, 48)).save(root / "masks" / "0007.png")
+    with pytest.raises(DatasetError, match=r"images/0007\.jpg decodes to 48x64.*masks/0007\.png is 64x48"):
+        evaluate(ListedMasks([np.zeros((64, 48), dtype=bool)] * 2), [root])
+
+
+def test_card_names_each_data_set_with_its_terms(tmp_path: Path) -> None:
+    ccp = tmp_path / "people-ccp"
+    ccp.mkdir()
+    (ccp / "README.md").write_text(
+        "# people-ccp: photos\n\nLayout: images/ and masks/.\n\nSource: the Clothing Co-Parsing dataset (Yang,\n"
+        "Luo, Lin, CVPR 2014), pixel-level annotations. The repository carries the Apache-2.0 licence.\n"
+    )
+    entry = dataset_entry(ccp)
+    assert entry["source"] == "The Clothing Co-Parsing dataset (Yang, Luo, Lin, CVPR 2014), pixel-level annotations"
+    assert "Apache-2.0" in entry["terms"]
+    assert dataset_entry(tmp_path / "people-portraits")["terms"] == "released by its authors for academic use only"
+    assert "picsart-contest" in dataset_entry(tmp_path / "people-picsart")["source"]  # no folder: what we know
+    mystery = tmp_path / "mystery"
+    mystery.mkdir()
+    (mystery / "README.md").write_text("# Mystery photos\n\nNo word on where they came from.\n")
+    assert dataset_entry(mystery) == {
+        "name": "mystery", "source": "Mystery photos",
+        "terms": f"not stated: read {mystery / 'README.md'} before shipping weights trained on it",
+    }
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared data sets are not on this machine")
+def test_card_reads_the_real_data_readmes() -> None:
+    entries = {entry["name"]: entry for entry in map(dataset_entry, sorted(SHARED_DATA.glob("people-*")))}
+    assert entries["people-ccp"]["source"].startswith("The Clothing Co-Parsing dataset")
+    assert "manaleks/picsart-contest" in entries["people-picsart"]["source"]
+    assert "bio-punk/AutoPortraitMatting" in entries["people-portraits"]["source"]
+    assert "academic use only" in entries["people-portraits"]["terms"]
+
+
+def test_export_refuses_what_is_not_a_matching_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no checkpoint at"):
+        export(tmp_path / "missing.pt", tmp_path / "out")
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ExportError, match=r"foreign\.pt is not a training checkpoint: it lacks config, step"):
+        export(tmp_path / "foreign.pt", tmp_path / "out")
+    checkpoint = torch.load(trained_run / "best.pt", weights_only=False)
+    checkpoint["config"]["model"] = "unet"
+    torch.save(checkpoint, tmp_path / "mislabelled.pt")
+    with pytest.raises(ExportError, match=r"mislabelled\.pt does not fit the 'unet' architecture"):
+        export(tmp_path / "mislabelled.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -1,0 +1,169 @@
+"""Score the production predictor on a split: python -m training.evaluate --model deeplab --data DIR [DIR ...].
+
+Unlike the quick validation inside the training loop, this runs exactly what the service runs: the shipped
+(or given) weights through `segmentation.predictor.Predictor` at its default settings, on photos decoded by
+`segmentation.imageio.decode_image`, scored at each photo's full resolution. Its numbers are the ones that
+`training.export --evaluate` writes into a weights card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from segmentation.imageio import decode_image
+from segmentation.models import MODEL_NAMES
+from segmentation.predictor import Predictor
+from training.data import DatasetError, PairPath, pairs_for
+from training.metrics import MaskScores, mean_scores, score_masks
+
+ALL = "all"  # the key of the scores over every image of every set
+
+
+class MaskPredictor(Protocol):
+    """What evaluation needs of a predictor: a full-size boolean person mask for an RGB photo."""
+
+    def predict_mask(self, image: Image.Image) -> np.ndarray:
+        """The person mask, HxW bool, at the photo's size."""
+        ...
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A true mask as HxW bool: any mode through greyscale, person where the value is at least 128."""
+    with Image.open(path) as mask:
+        return np.asarray(mask.convert("L")) >= 128
+
+
+def score_pair(predictor: MaskPredictor, pair: PairPath) -> MaskScores:
+    """Decode one photo as the service does, predict its mask, and score it against the true mask."""
+    image = decode_image(pair.image)
+    truth = read_mask(pair.mask)
+    if truth.shape != (image.height, image.width):
+        # decode_image applies EXIF orientation, which a mask drawn on the stored pixels would not follow.
+        raise DatasetError(
+            f"size mismatch: {pair.image} decodes to {image.width}x{image.height}, "
+            f"{pair.mask} is {truth.shape[1]}x{truth.shape[0]}"
+        )
+    predicted = np.asarray(predictor.predict_mask(image))
+    return score_masks(predicted, truth)
+
+
+def evaluate(
+    predictor: MaskPredictor,
+    roots: list[str | Path],
+    split: str = "val",
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Mean Dice, IoU and pixel accuracy per set (folder name) and over all images ("all").
+
+    limit keeps the first N pairs of each set's split list, for a quick check.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    chosen: dict[str, list[PairPath]] = {}
+    for pair in pairs_for(list(roots), split):
+        group = chosen.setdefault(pair.source, [])
+        if limit is None or len(group) < limit:
+            group.append(pair)
+    if ALL in chosen:
+        raise DatasetError(f"a data folder is named {ALL!r}, which the report uses for the total; rename it")
+    total = sum(len(group) for group in chosen.values())
+    done = 0
+    by_source: dict[str, list[MaskScores]] = {}
+    for source, group in chosen.items():
+        for pair in group:
+            by_source.setdefault(source, []).append(score_pair(predictor, pair))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    report = {source: mean_scores(scores) for source, scores in by_source.items()}
+    # Over all images, not the mean of the set means: a set weighs as much as it has photos.
+    report[ALL] = mean_scores([score for scores in by_source.values() for score in scores])
+    return report
+
+
+def format_table(report: dict[str, dict[str, Any]]) -> str:
+    """The report as an aligned text table, one row per set and the total last."""
+    width = max(len("set"), *(len(name) for name in report))
+    header = f"{'set':<{width}}  {'images':>6}  {'Dice':>6}  {'IoU':>6}  {'pixel acc':>9}"
+    lines = [header, "-" * len(header)]
+    names = [name for name in report if name != ALL] + ([ALL] if ALL in report else [])
+    for name in names:
+        if name == ALL and len(names) > 1:
+            lines.append("-" * len(header))
+        row = report[name]
+        scores = f"{row['dice']:>6.4f}  {row['iou']:>6.4f}  {row['pixel_accuracy']:>9.4f}"
+        lines.append(f"{name:<{width}}  {row['images']:>6}  {scores}")
+    return "\n".join(lines)
+
+
+def evaluation_command(model: str, roots: list[str | Path], split: str, weights_dir: Path | None,
+                       limit: int | None) -> str:
+    """The command line that reproduces an evaluation (written into weights cards)."""
+    parts = ["python -m training.evaluate", f"--model {model}", "--data", *map(str, roots), f"--split {split}"]
+    if weights_dir is not None:
+        parts.append(f"--weights-dir {weights_dir}")
+    if limit is not None:
+        parts.append(f"--limit {limit}")
+    return " ".join(parts)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Command line: load the predictor, score it, print the table, optionally write JSON."""
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--data", nargs="+", required=True, help="dataset folders (people_segmentation or Carvana)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--weights-dir", type=Path, help="folder with <model>.safetensors and <model>.json "
+                        "(default: the weights shipped in segmentation/weights)")
+    parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set")
+    args = parser.parse_args(argv)
+
+    predictor = Predictor.from_weights(args.model, args.weights_dir)
+    card = predictor.card
+    print(f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
+          f"{args.split} split of {', '.join(Path(root).name for root in args.data)}", file=sys.stderr)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            print(f"  {done}/{total} images", file=sys.stderr, flush=True)
+
+    report = evaluate(predictor, args.data, args.split, args.limit, progress=progress)
+    seconds = time.perf_counter() - started
+    print(format_table(report))
+    print(f"{report[ALL]['images']} images in {seconds:.1f} s ({seconds / report[ALL]['images']:.3f} s per image)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "model": args.model,
+            "weights_dir": str(args.weights_dir) if args.weights_dir else None,
+            "split": args.split,
+            "data": [str(root) for root in args.data],
+            "limit": args.limit,
+            "metrics": report,
+            "command": evaluation_command(args.model, args.data, args.split, args.weights_dir, args.limit),
+        }, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
