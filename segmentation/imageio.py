@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # 40 megapixels covers every phone camera; a 100-megapixel upload is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -49,11 +48,38 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1 if np.asarray(image).max() <= 1 else 255)
         scale = 255.0 if grey.max() <= 1 else 1.0
         return Image.fromarray((grey * scale).astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # "transparency" in info: a palette or colour-key tRNS (P, L, RGB, 1); convert("RGBA") applies it.
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+# EXIF orientation -> the transpose that makes the photo upright (the same table as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation. A damaged EXIF block leaves the photo as stored rather than refusing it.
+
+    ImageOps.exif_transpose re-serialises the whole EXIF block, which raises struct.error or TypeError on
+    damaged tags; only the orientation matters here, so it is read and applied directly.
+    """
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # metadata only: any parsing failure means "no usable orientation"
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -63,17 +89,16 @@ def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEF
             raise UnsupportedImageError("the file is empty")
         source = io.BytesIO(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(width * height, max_pixels)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        # Pillow's own bomb check fires inside open(), before the size is known to us.
+        # open() reads only the header; the pixel count is checked before any pixel is decoded.
+        # (No warnings filter here: it is process-global and not thread-safe with several workers.)
+        image = Image.open(source)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(width * height, max_pixels)
+        image.load()
+        return _to_rgb(_upright(image))
+    except Image.DecompressionBombError:
+        # Pillow's own bomb check (past ~179 MP) fires inside open(), before the size is known to us.
         raise ImageTooLargeError(None, max_pixels) from None
     except UnidentifiedImageError:
         raise UnsupportedImageError("this file is not an image format I can read (JPEG, PNG, WEBP, ...)") from None
@@ -83,7 +108,7 @@ def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEF
         raise UnsupportedImageError(f"{source} is a folder, not an image") from None
     except PermissionError:
         raise UnsupportedImageError(f"cannot read {source}: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as error:  # RuntimeError: corrupt AVIF
         if isinstance(error, InputImageError):
             raise
         raise UnsupportedImageError("the image is corrupt or truncated and cannot be decoded") from None

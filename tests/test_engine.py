@@ -1,0 +1,267 @@
+"""The asyncio inference engine: concurrency, back-pressure, timeouts, shutdown, statistics and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from segmentation.engine import (
+    EngineClosedError,
+    EngineConfig,
+    InferenceEngine,
+    QueueFullError,
+    RemovalResult,
+    RequestTimeoutError,
+)
+from segmentation.imageio import ImageTooLargeError, UnsupportedImageError
+from segmentation.predictor import Predictor, RenderOptions
+from segmentation.weights import ModelCard
+
+# Every wait in these tests is bounded: a bug makes a test fail, never hang.
+PATIENCE = 10.0
+
+
+class GatedNet(nn.Module):
+    """A stand-in network (bright pixels are the person) that holds each call until its gate is open."""
+
+    def __init__(self, open_gate: bool = True) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if not self.gate.wait(PATIENCE):
+            raise RuntimeError("the test never opened the gate")
+        return 8.0 * x.mean(dim=1, keepdim=True)
+
+
+def photo(width: int = 48, height: int = 36, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until the condition holds (polling the event loop), failing after PATIENCE seconds."""
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[Callable[..., tuple[InferenceEngine, GatedNet]]]:
+    """Builds engines around a GatedNet 'deeplab'; opens every gate and closes every engine afterwards."""
+    made: list[tuple[InferenceEngine, GatedNet]] = []
+
+    def make(open_gate: bool = True, **config: object) -> tuple[InferenceEngine, GatedNet]:
+        net = GatedNet(open_gate)
+        predictor = Predictor(net, ModelCard(architecture="deeplab", inference_size=32), fast=False)
+        settings = {"queue_size": 8, "workers": 1, "torch_threads": 1, "fast": False, **config}
+        engine = InferenceEngine(EngineConfig(**settings), predictors={"deeplab": predictor})
+        made.append((engine, net))
+        return engine, net
+
+    yield make
+    for engine, net in made:
+        net.gate.set()
+        await asyncio.wait_for(engine.close(timeout=2), PATIENCE)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_concurrent_submits_all_complete(make_engine, workers: int) -> None:
+    engine, net = make_engine(queue_size=8, workers=workers)
+    sizes = [(48 + i, 36 + 2 * i) for i in range(6)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(engine.submit(photo(w, h, seed=i)) for i, (w, h) in enumerate(sizes))), PATIENCE
+    )
+    assert all(isinstance(result, RemovalResult) for result in results)
+    assert [(r.width, r.height) for r in results] == sizes  # each caller gets its own photo back
+    assert all(Image.open(io.BytesIO(r.png)).mode == "RGBA" for r in results)
+    assert net.calls == 6
+    stats = engine.stats()
+    assert (stats["completed"], stats["failed"], stats["queue_depth"], stats["in_flight"]) == (6, 0, 0, 0)
+
+
+async def test_render_options_reach_the_predictor(make_engine) -> None:
+    engine, _ = make_engine()
+    result = await engine.submit(photo(), options=RenderOptions(mask_only=True))
+    assert Image.open(io.BytesIO(result.png)).mode == "L"
+
+
+async def test_full_queue_is_refused_at_once(make_engine) -> None:
+    engine, net = make_engine(open_gate=False, queue_size=1)
+    running = asyncio.create_task(engine.submit(photo(seed=1)))
+    await eventually(lambda: engine.in_flight == 1)
+    waiting = asyncio.create_task(engine.submit(photo(seed=2)))
+    await eventually(lambda: engine.queue_depth == 1)
+
+    started = time.perf_counter()
+    with pytest.raises(QueueFullError, match="queue is full"):
+        await asyncio.wait_for(engine.submit(photo(seed=3)), 1.0)
+    assert time.perf_counter() - started < 0.5
+
+    net.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(running, waiting), PATIENCE)
+    assert [r.width for r in done] == [48, 48]
+    assert net.calls == 2
+
+
+async def test_timeout_raises_and_a_timed_out_job_is_skipped(make_engine) -> None:
+    engine, net = make_engine(open_gate=False, queue_size=4)
+    running = asyncio.create_task(engine.submit(photo(seed=1)))
+    await eventually(lambda: engine.in_flight == 1)
+    started = time.perf_counter()
+    with pytest.raises(RequestTimeoutError, match=re.escape("no result within 0.1 s")):
+        await engine.submit(photo(seed=2), timeout=0.1)
+    assert time.perf_counter() - started < 2
+    assert issubclass(RequestTimeoutError, TimeoutError)
+
+    net.gate.set()
+    assert (await asyncio.wait_for(running, PATIENCE)).width == 48
+    await asyncio.wait_for(engine.submit(photo(seed=3)), PATIENCE)
+    assert net.calls == 2  # the timed-out photo was never run
+
+
+async def test_timeout_of_a_running_job_leaves_the_engine_working(make_engine) -> None:
+    engine, net = make_engine(open_gate=False)
+    with pytest.raises(RequestTimeoutError):
+        await engine.submit(photo(seed=1), timeout=0.1)
+    net.gate.set()
+    result = await asyncio.wait_for(engine.submit(photo(seed=2)), PATIENCE)
+    assert result.width == 48
+    await eventually(lambda: engine.in_flight == 0)
+
+
+async def test_close_with_work_in_flight_answers_everyone_and_hangs_no_one(make_engine) -> None:
+    engine, net = make_engine(open_gate=False, queue_size=4)
+    running = asyncio.create_task(engine.submit(photo(seed=1)))
+    await eventually(lambda: engine.in_flight == 1)
+    queued = [asyncio.create_task(engine.submit(photo(seed=i))) for i in (2, 3)]
+    await eventually(lambda: engine.queue_depth == 2)
+
+    try:
+        await asyncio.wait_for(engine.close(timeout=0.2), PATIENCE)
+        outcomes = await asyncio.wait_for(asyncio.gather(running, *queued, return_exceptions=True), PATIENCE)
+    finally:
+        net.gate.set()
+    assert engine.closed
+    for outcome in outcomes:
+        assert isinstance(outcome, (RemovalResult, EngineClosedError)), outcome
+    # The queued photos never started: they are told the engine shut down.
+    assert all(isinstance(outcome, EngineClosedError) for outcome in outcomes[1:])
+    assert net.calls == 1
+
+    with pytest.raises(EngineClosedError):
+        await engine.submit(photo())
+
+
+async def test_close_lets_accepted_work_finish_within_its_timeout(make_engine) -> None:
+    """close() waits for what it accepted, refuses new work meanwhile, and every caller gets a result."""
+    engine, net = make_engine(open_gate=False, queue_size=8)
+    tasks = [asyncio.create_task(engine.submit(photo(seed=i))) for i in range(4)]
+    await eventually(lambda: engine.in_flight == 1 and engine.queue_depth == 3)
+    closing = asyncio.create_task(engine.close(timeout=PATIENCE))
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    with pytest.raises(EngineClosedError):
+        await engine.submit(photo())
+    net.gate.set()
+    await asyncio.wait_for(closing, PATIENCE)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert all(isinstance(r, RemovalResult) for r in results)
+    assert net.calls == 4
+
+
+async def test_submit_after_close_is_refused(make_engine) -> None:
+    engine, _ = make_engine()
+    await engine.submit(photo())
+    await engine.close()
+    await engine.close()  # closing twice is harmless
+    with pytest.raises(EngineClosedError, match="shutting down"):
+        await engine.submit(photo())
+
+
+async def test_async_context_manager_starts_and_closes(make_engine) -> None:
+    engine, _ = make_engine()
+    async with engine as running:
+        assert running is engine
+        assert (await running.submit(photo())).width == 48
+    assert engine.closed
+
+
+async def test_stats_report_queue_depth_in_flight_and_latencies(make_engine) -> None:
+    engine, net = make_engine(open_gate=False)
+    assert engine.stats()["models"]["deeplab"] == {"count": 0, "p50": None, "p95": None, "loaded": True}
+    tasks = [asyncio.create_task(engine.submit(photo(seed=i))) for i in range(3)]
+    await eventually(lambda: engine.in_flight == 1 and engine.queue_depth == 2)
+    stats = engine.stats()
+    assert (stats["queue_depth"], stats["in_flight"], stats["completed"]) == (2, 1, 0)
+
+    await asyncio.sleep(0.05)  # the first photo now takes at least this long
+    net.gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), PATIENCE)
+    stats = engine.stats()
+    assert (stats["queue_depth"], stats["in_flight"], stats["completed"], stats["failed"]) == (0, 0, 3, 0)
+    deeplab = stats["models"]["deeplab"]
+    assert deeplab["count"] == 3
+    assert 0 < deeplab["p50"] <= deeplab["p95"]
+    assert deeplab["p95"] >= 0.05  # latency includes the time spent waiting in the queue
+    assert stats["models"]["unet"] == {"count": 0, "p50": None, "p95": None, "loaded": False}
+
+
+async def test_unknown_model_is_a_value_error(make_engine) -> None:
+    engine, net = make_engine()
+    with pytest.raises(ValueError, match="unknown model 'sam'; choose one of: deeplab, unet"):
+        await engine.submit(photo(), model="sam")
+    assert net.calls == 0
+
+
+async def test_corrupt_image_surfaces_and_the_engine_keeps_working(make_engine) -> None:
+    engine, _ = make_engine()
+    with pytest.raises(UnsupportedImageError, match="not an image format"):
+        await asyncio.wait_for(engine.submit(b"this is a text file, not a photo"), PATIENCE)
+    with pytest.raises(UnsupportedImageError, match="corrupt or truncated"):
+        await asyncio.wait_for(engine.submit(photo()[:200]), PATIENCE)
+    result = await asyncio.wait_for(engine.submit(photo()), PATIENCE)
+    assert result.width == 48
+    stats = engine.stats()
+    assert (stats["failed"], stats["completed"]) == (2, 1)
+
+
+async def test_pixel_limit_of_the_config_applies(make_engine) -> None:
+    engine, _ = make_engine(max_pixels=1000)
+    with pytest.raises(ImageTooLargeError, match=re.escape("the limit is 0.001 megapixels")):
+        await asyncio.wait_for(engine.submit(photo(48, 36)), PATIENCE)
+    assert (await asyncio.wait_for(engine.submit(photo(30, 30)), PATIENCE)).width == 30
+
+
+async def test_networks_load_lazily_from_the_weights_folder(
+    random_weights_dir: Path, sample_photo_bytes: bytes
+) -> None:
+    config = EngineConfig(queue_size=4, workers=1, weights_dir=random_weights_dir, torch_threads=1, fast=False)
+    engine = InferenceEngine(config)
+    try:
+        assert not engine.stats()["models"]["deeplab"]["loaded"]
+        for name in ("deeplab", "unet"):
+            result = await asyncio.wait_for(engine.submit(sample_photo_bytes, model=name), 60)
+            assert (result.model, result.width, result.height) == (name, 200, 300)
+            assert engine.stats()["models"][name]["loaded"]
+        assert engine.predictor("deeplab").card.inference_size == 64
+    finally:
+        await asyncio.wait_for(engine.close(), PATIENCE)

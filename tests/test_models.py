@@ -1,0 +1,127 @@
+"""The two networks: shapes, gradients, sizes, the registry and local backbone weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from segmentation.models import MODEL_NAMES, DeepLabV3ResNet18, UNet, create_model
+
+
+@pytest.fixture(scope="module")
+def networks() -> dict[str, nn.Module]:
+    """One instance of each network, shared by the tests of this module (they only zero its gradients)."""
+    torch.manual_seed(0)
+    return {name: create_model(name) for name in MODEL_NAMES}
+
+
+def test_registry_names_both_networks() -> None:
+    assert set(MODEL_NAMES) == {"deeplab", "unet"}
+    assert isinstance(create_model("deeplab"), DeepLabV3ResNet18)
+    assert isinstance(create_model("unet"), UNet)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 64, 64), (1, 3, 33, 20)])
+def test_forward_and_backward_give_one_logit_channel_at_input_size(
+    networks: dict[str, nn.Module], name: str, shape: tuple[int, int, int, int]
+) -> None:
+    """Training mode on tiny and odd sizes: output N x 1 x H x W, and every parameter gets a finite gradient."""
+    model = networks[name].train()
+    model.zero_grad(set_to_none=True)
+    inputs = torch.randn(*shape)
+    logits = model(inputs)
+    assert logits.shape == (shape[0], 1, *shape[2:])
+    assert torch.isfinite(logits).all()
+    nn.functional.binary_cross_entropy_with_logits(logits, torch.rand_like(logits).round()).backward()
+    without = [key for key, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not without, f"parameters without a finite gradient: {without[:5]}"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_eval_mode_output_does_not_depend_on_the_batch(networks: dict[str, nn.Module], name: str) -> None:
+    """In eval mode an image's logits are the same alone or in a batch (no batch statistics leak in)."""
+    model = networks[name].eval()
+    batch = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        together = model(batch)
+        alone = model(batch[1:])
+    torch.testing.assert_close(together[1:], alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [("unet", 30.9e6, 31.1e6), ("deeplab", 16.5e6, 16.7e6)])
+def test_parameter_count_matches_the_research_architecture(
+    networks: dict[str, nn.Module], name: str, low: float, high: float
+) -> None:
+    count = sum(p.numel() for p in networks[name].parameters())
+    assert low <= count <= high, f"{name} has {count / 1e6:.2f} M parameters"
+
+
+def test_unknown_model_name_fails_listing_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnet50'") as caught:
+        create_model("resnet50")
+    for name in MODEL_NAMES:
+        assert name in str(caught.value)
+
+
+def test_deeplab_aspp_pooling_branch_has_no_batchnorm() -> None:
+    """A BatchNorm on the 1x1 pooled map would refuse to train at batch size 1."""
+    pooling = DeepLabV3ResNet18().aspp.branches[-1]
+    assert isinstance(pooling[0], nn.AdaptiveAvgPool2d)
+    assert not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in pooling.modules())
+
+
+def test_deeplab_trains_at_batch_size_one() -> None:
+    """A few optimiser steps on one 64x64 image run and lower the loss on that image."""
+    torch.manual_seed(1)
+    model = create_model("deeplab").train()
+    image = torch.randn(1, 3, 64, 64)
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 16:48, 20:44] = 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(image), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_backbone_weights_load_into_the_resnet18_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    state = resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+
+    model = create_model("deeplab", backbone_weights=path)
+    encoder = model.encoder
+    pairs = {
+        "conv1.weight": encoder.stem[0].weight,
+        "bn1.running_mean": encoder.stem[1].running_mean,
+        "layer1.0.conv1.weight": encoder.layer1[0].conv1.weight,
+        "layer4.1.conv2.weight": encoder.layer4[1].conv2.weight,
+        "layer4.1.bn2.bias": encoder.layer4[1].bn2.bias,
+    }
+    for key, tensor in pairs.items():
+        torch.testing.assert_close(tensor.detach(), state[key], rtol=0, atol=0, msg=key)
+    # Without the file the encoder is freshly initialised, so the comparison above is not vacuous.
+    fresh = create_model("deeplab")
+    assert not torch.equal(fresh.encoder.stem[0].weight, state["conv1.weight"])
+
+
+def test_backbone_weights_of_another_network_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "not_resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, path)
+    with pytest.raises(RuntimeError, match=r"conv1\.weight"):
+        create_model("deeplab", backbone_weights=path)
+
+
+def test_unet_refuses_backbone_weights(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="deeplab"):
+        create_model("unet", backbone_weights=tmp_path / "resnet18.pth")

@@ -1,0 +1,251 @@
+"""Predictor, refinement and rendering: the matte at full resolution, the PNG variants, the guided filter."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from segmentation.imageio import decode_image
+from segmentation.predictor import Predictor, RenderOptions, compose_png, remove_background
+from segmentation.refine import fast_guided_upsample
+from segmentation.weights import ModelCard, load_model
+
+BOX = (0.3, 0.2, 0.75, 0.85)  # the bright "person" in the synthetic scene, as fractions (left, top, right, bottom)
+
+
+class BrightnessNet(nn.Module):
+    """A stand-in network with a known answer: bright pixels are the person, dark ones the background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.input_shapes.append(tuple(x.shape))
+        return 8.0 * x.mean(dim=1, keepdim=True)
+
+
+def scene(width: int, height: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    """A dark, noisy background with a bright, noisy box; returns the photo and the box's true mask."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+    left, top, right, bottom = (round(f * s) for f, s in zip(BOX, (width, height, width, height), strict=True))
+    pixels[top:bottom, left:right] = rng.integers(190, 256, size=(bottom - top, right - left, 3), dtype=np.uint8)
+    truth = np.zeros((height, width), bool)
+    truth[top:bottom, left:right] = True
+    return Image.fromarray(pixels), truth
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def open_png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image
+
+
+@pytest.fixture
+def bright_predictor() -> Predictor:
+    return Predictor(BrightnessNet(), ModelCard(architecture="deeplab", inference_size=64), fast=False)
+
+
+@pytest.fixture(scope="module")
+def random_deeplab(random_weights_dir: Path) -> Predictor:
+    return Predictor.from_weights("deeplab", random_weights_dir, fast=False)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (53, 37), (301, 157), (200, 7), (1, 1)])
+@pytest.mark.parametrize("refine", [True, False])
+def test_alpha_of_a_real_network_has_the_original_size_and_range(
+    random_deeplab: Predictor, size: tuple[int, int], refine: bool
+) -> None:
+    image = Image.new("RGB", size, (120, 80, 40))
+    image.paste((250, 250, 250), (0, 0, size[0] // 2 + 1, size[1] // 2 + 1))
+    alpha = random_deeplab.predict_alpha(image, refine=refine)
+    assert alpha.shape == (size[1], size[0])
+    assert alpha.dtype == np.float32
+    assert np.isfinite(alpha).all()
+    assert alpha.min() >= 0 and alpha.max() <= 1
+
+
+@pytest.mark.parametrize("size", [(301, 157), (157, 301), (45, 33), (640, 480)])
+@pytest.mark.parametrize("refine", [True, False])
+def test_alpha_lands_on_the_person_at_the_original_resolution(
+    bright_predictor: Predictor, size: tuple[int, int], refine: bool
+) -> None:
+    """Resizing, padding, cropping and upsampling keep the matte aligned with the photo."""
+    image, truth = scene(*size)
+    alpha = bright_predictor.predict_alpha(image, refine=refine)
+    assert alpha.shape == truth.shape
+    predicted = alpha >= 0.5
+    iou = (predicted & truth).sum() / (predicted | truth).sum()
+    assert iou > 0.9, iou
+
+
+def test_network_input_is_resized_to_the_card_size_and_padded_to_a_multiple_of_32(bright_predictor: Predictor) -> None:
+    image, _ = scene(301, 157)
+    assert bright_predictor.network_size(301, 157) == (64, 33)
+    bright_predictor.predict_low_res(image)
+    assert bright_predictor.model.input_shapes == [(1, 3, 64, 64)]
+
+
+def test_hard_mask_is_binary_while_the_soft_matte_is_not(bright_predictor: Predictor) -> None:
+    data = png_bytes(scene(157, 123)[0])
+    soft = np.asarray(open_png(remove_background(data, bright_predictor, RenderOptions(mask_only=True)).png))
+    hard = np.asarray(open_png(remove_background(data, bright_predictor, RenderOptions(mask_only=True, hard=True)).png))
+    assert set(np.unique(hard)) == {0, 255}
+    assert len(np.unique(soft)) > 2  # the control: refinement does give soft edges
+
+
+def test_hard_mask_of_a_real_network_is_binary(random_deeplab: Predictor, sample_photo_bytes: bytes) -> None:
+    result = remove_background(sample_photo_bytes, random_deeplab, RenderOptions(hard=True))
+    alpha = np.asarray(open_png(result.png))[..., 3]
+    assert set(np.unique(alpha)) <= {0, 255}
+
+
+def test_mask_only_gives_a_greyscale_png_of_the_matte(bright_predictor: Predictor) -> None:
+    image, truth = scene(99, 61)
+    result = remove_background(png_bytes(image), bright_predictor, RenderOptions(mask_only=True))
+    mask = open_png(result.png)
+    assert mask.mode == "L"
+    assert mask.size == (99, 61)
+    expected = np.clip(bright_predictor.predict_alpha(image) * 255 + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(mask), expected)
+    assert (np.asarray(mask)[truth] > 128).mean() > 0.95
+
+
+def test_rgba_cutout_keeps_the_original_pixels(bright_predictor: Predictor) -> None:
+    image, truth = scene(120, 90)
+    result = remove_background(png_bytes(image), bright_predictor)
+    cutout = open_png(result.png)
+    assert cutout.mode == "RGBA"
+    assert cutout.size == image.size
+    pixels = np.asarray(cutout)
+    np.testing.assert_array_equal(pixels[..., :3], np.asarray(image))
+    expected = np.clip(bright_predictor.predict_alpha(image) * 255 + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[..., 3], expected)
+    assert ((pixels[..., 3] >= 128) == truth).mean() > 0.95
+
+
+@pytest.mark.parametrize("colour", [(0, 255, 0), (255, 255, 255), (12, 34, 56)])
+def test_background_colour_fills_the_transparent_pixels(
+    bright_predictor: Predictor, colour: tuple[int, int, int]
+) -> None:
+    image, _ = scene(120, 90)
+    data = png_bytes(image)
+    alpha = np.asarray(open_png(remove_background(data, bright_predictor).png))[..., 3]
+    result = open_png(remove_background(data, bright_predictor, RenderOptions(background=colour)).png)
+    assert result.mode == "RGB"
+    assert result.size == image.size
+    pixels, original = np.asarray(result), np.asarray(image)
+    clear, opaque = alpha == 0, alpha == 255
+    assert clear.sum() > 1000 and opaque.sum() > 1000
+    assert (pixels[clear] == colour).all()
+    np.testing.assert_array_equal(pixels[opaque], original[opaque])
+    # In between: a blend of the two, never outside their range.
+    blend = ~(clear | opaque)
+    low = np.minimum(original, colour)[blend].astype(int)
+    high = np.maximum(original, colour)[blend].astype(int)
+    assert ((pixels[blend] >= low - 1) & (pixels[blend] <= high + 1)).all()
+
+
+def test_result_reports_size_model_timings_and_person_found(bright_predictor: Predictor) -> None:
+    image, truth = scene(160, 100)
+    result = remove_background(png_bytes(image), bright_predictor)
+    assert (result.width, result.height, result.model) == (160, 100, "deeplab")
+    assert {"decode", "predict", "refine", "encode", "total"} <= set(result.timings)
+    assert all(seconds >= 0 for seconds in result.timings.values())
+    assert result.foreground_fraction == pytest.approx(truth.mean(), abs=0.03)
+    assert result.person_found
+
+    dark = remove_background(png_bytes(Image.new("RGB", (160, 100), (5, 5, 5))), bright_predictor)
+    assert dark.foreground_fraction == 0
+    assert not dark.person_found
+
+
+def test_predict_mask_uses_the_card_threshold() -> None:
+    """A horizontal grey ramp: a higher threshold keeps fewer pixels."""
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 96).astype(np.uint8)[None, :, None], (40, 1, 3)))
+    fractions = []
+    for threshold in (0.2, 0.5, 0.8):
+        card = ModelCard(architecture="deeplab", inference_size=64, threshold=threshold)
+        fractions.append(Predictor(BrightnessNet(), card, fast=False).predict_mask(ramp).mean())
+    assert fractions[0] > fractions[1] > fractions[2]
+
+
+def test_compose_png_renders_an_explicit_matte() -> None:
+    image = Image.new("RGB", (4, 2), (10, 20, 30))
+    alpha = np.array([[0, 0.5, 1, 1], [0, 0, 0, 1]], np.float32)
+    cutout = np.asarray(open_png(compose_png(image, alpha)))
+    np.testing.assert_array_equal(cutout[..., 3], [[0, 128, 255, 255], [0, 0, 0, 255]])
+    filled = np.asarray(open_png(compose_png(image, alpha, RenderOptions(background=(250, 0, 0)))))
+    np.testing.assert_array_equal(filled[1, 0], (250, 0, 0))
+    np.testing.assert_array_equal(filled[0, 3], (10, 20, 30))
+
+
+def _step_edge_case(edge: int = 53, size: int = 96, blur: float = 0.8, offset: float = 1.0):
+    """A full-res step edge guide, its 4x-downsampled copy, and a blurry low-res matte whose edge is off by `offset`."""
+    guide = torch.zeros(1, 1, size, size)
+    guide[..., edge:] = 1.0
+    guide_low = F.interpolate(guide, size=(size // 4, size // 4), mode="area")
+    columns = torch.arange(size // 4, dtype=torch.float32)
+    centre = edge / 4 - 0.5 + offset
+    source_low = torch.sigmoid((columns - centre) / blur).expand(1, 1, size // 4, size // 4).contiguous()
+    return guide, guide_low, source_low
+
+
+@pytest.mark.parametrize("blur", [0.5, 0.8, 1.2])
+def test_guided_filter_sharpens_the_edge_and_snaps_it_to_the_guide(blur: float) -> None:
+    edge = 53
+    guide, guide_low, source_low = _step_edge_case(edge, blur=blur)
+    refined = fast_guided_upsample(guide, guide_low, source_low)[0, 0]
+    plain = F.interpolate(source_low, size=guide.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+
+    steepest_refined = refined.diff(dim=1).abs().max(dim=1)
+    steepest_plain = plain.diff(dim=1).abs().max(dim=1)
+    # Sharper: the refined matte jumps by far more between two neighbouring pixels than plain upsampling does.
+    assert (steepest_refined.values > 0.4).all()
+    assert (steepest_refined.values > 4 * steepest_plain.values).all()
+    # Aligned: the jump is exactly at the guide's edge (between columns edge-1 and edge), on every row ...
+    assert (steepest_refined.indices == edge - 1).all()
+    # ... and the 0.5 crossing moved onto the guide's edge, while plain upsampling leaves it where the source had it.
+    crossing_refined = (refined < 0.5).sum(dim=1)
+    crossing_plain = (plain < 0.5).sum(dim=1)
+    assert (crossing_refined == edge).all()
+    assert ((crossing_plain - edge).abs() >= 3).all()
+
+
+def test_guided_filter_keeps_a_flat_matte_flat() -> None:
+    guide = torch.rand(1, 1, 40, 60)
+    guide_low = F.interpolate(guide, size=(10, 15), mode="area")
+    refined = fast_guided_upsample(guide, guide_low, torch.full((1, 1, 10, 15), 0.7))
+    assert refined.shape == guide.shape
+    torch.testing.assert_close(refined, torch.full_like(refined, 0.7), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["deeplab", "unet"])
+def test_fast_bf16_and_float32_give_close_probabilities(
+    random_weights_dir: Path, sample_photo_bytes: bytes, name: str
+) -> None:
+    image = decode_image(sample_photo_bytes)
+    exact = Predictor(*load_model(name, random_weights_dir), fast=False)
+    fast = Predictor(*load_model(name, random_weights_dir), fast=True)
+    first_conv = next(p for p in fast.model.parameters() if p.dim() == 4)
+    assert first_conv.is_contiguous(memory_format=torch.channels_last)
+    reference, _ = exact.predict_low_res(image)
+    approximate, _ = fast.predict_low_res(image)
+    assert reference.std() > 0.02  # the random network's output is not flat, so closeness means something
+    assert np.abs(approximate - reference).max() < 0.05
+    assert np.abs(approximate - reference).mean() < 0.01
+    assert not np.array_equal(approximate, reference)  # and it really ran in reduced precision
