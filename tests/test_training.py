@@ -443,6 +443,19 @@ def _interior(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return (-F.max_pool2d(-padded, 2 * radius + 1, stride=1))[0].bool()
 
 
+def test_negative_samples_hold_no_person_and_keep_the_crop_size() -> None:
+    augment = build_augment("strong", crop_size=48, base_side=96, scale_range=(1.0, 1.0))
+    augment.negative_probability, augment.paste_probability = 1.0, 0.0
+    rng = random.Random(3)
+    for trial in range(8):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        image, mask = augment(*_grey_person(72, 96, rng), *_grey_person(40, 56, rng))
+        assert image.shape == (3, 48, 48) and mask.shape == (1, 48, 48)
+        assert not mask.any(), f"trial {trial}: a person-free sample has a person in its mask"
+        assert not ((image.int() - PERSON_GREY).abs() <= 2).all(0).any(), f"trial {trial}: the person leaked in"
+
+
 @pytest.mark.parametrize("recipe", ["strong", "research"])
 def test_augmentation_keeps_photo_and_mask_aligned(recipe: str) -> None:
     augment = build_augment(recipe, crop_size=48, base_side=64, scale_range=(0.6, 1.3))
@@ -451,6 +464,7 @@ def test_augmentation_keeps_photo_and_mask_aligned(recipe: str) -> None:
     augment.photometric = lambda image: image
     augment.colour = False
     augment.dropout_probability = 0.0
+    augment.negative_probability = 0.0  # person-free samples have their own test
     rng = random.Random(7)
     for trial in range(12):
         random.seed(trial)

@@ -70,6 +70,9 @@ class TrainAugment:
     hflip_probability: float = 0.5
     vflip_probability: float = 0.05
     dropout_probability: float = 0.2
+    # Photos with no person at all (background crops, synthetic textures) and an empty mask: without
+    # them a network learns "the salient thing is foreground" and cuts out cats and coffee cups.
+    negative_probability: float = 0.0
     colour: bool = True  # colour jitter, blur, JPEG and noise; off for the research recipe
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class TrainAugment:
         image_t, mask_t = _as_tensors(image, mask)
         long_side = round(self.base_side * random.uniform(*self.scale_range))
         image_t, mask_t = _resize_long_side(image_t, mask_t, long_side)
+        if self.negative_probability and random.random() < self.negative_probability:
+            image_t, mask_t = self._negative(image_t, mask_t)
         if random.random() < self.background_probability:
             alpha = _soft_alpha(mask_t)
             background = synthetic_background(*image_t.shape[-2:])
@@ -139,6 +144,21 @@ class TrainAugment:
         mask[:, y0:y1, x0:x1] = torch.maximum(mask[:, y0:y1, x0:x1], patch_mask)
         return image, mask
 
+    def _negative(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A crop of the photo's background that holds no person, or a synthetic texture; an empty mask."""
+        height, width = image.shape[-2:]
+        for _ in range(25):
+            side = max(16, round(min(height, width) * random.uniform(0.2, 0.7)))
+            top, left = random.randint(0, height - side), random.randint(0, width - side)
+            if not mask[:, top:top + side, left:left + side].any():
+                crop = image[:, top:top + side, left:left + side]
+                size = [self.crop_size, self.crop_size]
+                return TF.resize(crop, size, interpolation=InterpolationMode.BILINEAR, antialias=True), torch.zeros(
+                    1, self.crop_size, self.crop_size, dtype=mask.dtype
+                )
+        background = synthetic_background(self.crop_size, self.crop_size)
+        return background, torch.zeros(1, self.crop_size, self.crop_size, dtype=mask.dtype)
+
     def _random_crop(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.crop_size
         height, width = image.shape[-2:]
@@ -172,5 +192,5 @@ def build_augment(kind: str, crop_size: int, base_side: int, scale_range: tuple[
             rotate_probability=0.5, vflip_probability=0.5, dropout_probability=0.5, colour=False,
         )
     if kind == "strong":
-        return TrainAugment(crop_size, base_side, scale_range=scale_range)
+        return TrainAugment(crop_size, base_side, scale_range=scale_range, negative_probability=0.08)
     raise ValueError(f"unknown augmentation {kind!r}; choose 'strong' or 'research'")
