@@ -64,8 +64,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--weights-dir", type=Path)
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"bf16 fast path: {cpu_supports_bf16()}, torch {torch.__version__}")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"bf16 fast path: {cpu_supports_bf16()}, torch {torch.__version__}"
+    )
     photos = {"1280x960": photo_bytes(1280, 960), "4000x3000": photo_bytes(4000, 3000)}
     predictors = {name: Predictor.from_weights(name, args.weights_dir) for name in MODEL_NAMES}
     print(f"\n{'model':8} {'photo':10} " + " ".join(f"{s:>8}" for s in STAGES) + "   (seconds, p50)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# imageio is Pillow and numpy only: importing it here keeps a missing-token error instant (no torch yet).
+from segmentation.imageio import DEFAULT_MAX_PIXELS
 
 # The Bot API lets a bot download files up to 20 MB (a local Bot API server lifts this; we keep the safe value).
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
-# Mirrors segmentation.imageio.DEFAULT_MAX_PIXELS; kept as a literal so loading settings does not import the engine.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class Settings(BaseSettings):
@@ -19,20 +20,24 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    token: SecretStr = Field(description="the bot token from @BotFather (BOT_TOKEN)")
-    # NoDecode: pydantic-settings would otherwise try to JSON-decode "1001,1002" and fail before our validator runs.
+    token: SecretStr  # BOT_TOKEN, from @BotFather; required
+    # BOT_ADMIN_IDS="1001,1002": who may see /stats. NoDecode: pydantic-settings would otherwise try to
+    # JSON-decode the value and fail before our validator runs.
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
-    default_model: str = "deeplab"
-    data_dir: Path = Path("data")
-    queue_size: int = Field(default=32, ge=1)
-    workers: int = Field(default=1, ge=1)
-    user_pending_limit: int = Field(default=3, ge=1)
-    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    request_timeout: float = Field(default=120.0, gt=0)
-    shutdown_timeout: float = Field(default=20.0, ge=0)
+    default_model: str = "deeplab"  # for chats that never chose one
+    data_dir: Path = Path("data")  # the SQLite store: chat settings and request statistics
+    queue_size: int = Field(default=32, ge=1)  # photos waiting for a worker; more get "busy, try again"
+    workers: int = Field(default=1, ge=1)  # inference threads (the cores are split between them)
+    user_pending_limit: int = Field(default=3, ge=1)  # photos one user may have in progress at once
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)  # larger images are refused before decoding
+    request_timeout: float = Field(default=120.0, gt=0)  # seconds one photo may take, queue included
+    shutdown_timeout: float = Field(default=20.0, ge=0)  # seconds accepted work gets to finish on SIGTERM
+    # python-telegram-bot's base_url / base_file_url (the token is appended), e.g. for a local Bot API server:
+    # http://127.0.0.1:8081/bot and http://127.0.0.1:8081/file/bot
     api_base_url: str | None = None
     api_base_file_url: str | None = None
     log_level: str = "INFO"
+    # What the Bot API lets a bot download; raise it only behind a local Bot API server, which has no such limit.
     max_download_bytes: int = Field(default=MAX_DOWNLOAD_BYTES, ge=1)
 
     @field_validator("token")
@@ -56,15 +61,17 @@ class Settings(BaseSettings):
             return frozenset({value})
         return value
 
-    @field_validator("default_model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        # Imported here: the registry pulls in torch, which a missing-token error should not wait for.
-        from segmentation.models import MODEL_NAMES
+    @model_validator(mode="after")
+    def _known_model(self) -> Settings:
+        # An "after" validator runs only once every field is valid, so a missing token is reported without first
+        # importing the model registry (which pulls in torch: seconds of start-up for a one-line error).
+        from segmentation import MODEL_NAMES
 
-        if value not in MODEL_NAMES:
-            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(MODEL_NAMES)}")
-        return value
+        if self.default_model not in MODEL_NAMES:
+            raise ValueError(
+                f"BOT_DEFAULT_MODEL: unknown model {self.default_model!r}; choose one of: {', '.join(MODEL_NAMES)}"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -79,10 +86,12 @@ def describe_settings_error(error: ValidationError) -> str:
     """One line naming each bad or missing setting by its environment variable, never echoing values."""
     problems = []
     for item in error.errors():
-        name = "BOT_" + "_".join(str(part) for part in item["loc"]).upper() if item["loc"] else "settings"
-        if item["type"] == "missing":
-            problems.append(f"{name} is not set")
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a whole-model check, which names its variable itself
+            problems.append(message)
+        elif item["type"] == "missing":
+            problems.append(f"BOT_{'_'.join(str(part) for part in item['loc']).upper()} is not set")
         else:
-            # item["msg"] never contains the input for our validators; the raw input is deliberately left out.
-            problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+            # The raw input is deliberately left out: it could be the token.
+            problems.append(f"BOT_{'_'.join(str(part) for part in item['loc']).upper()}: {message}")
     return "; ".join(problems)

@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmentation.imageio import DEFAULT_MAX_PIXELS
-from segmentation.models import MODEL_NAMES
-from segmentation.predictor import Predictor, RemovalResult, RenderOptions, remove_background
+from segmentation import MODEL_NAMES
+from segmentation.imageio import DEFAULT_MAX_PIXELS, decode_image
+from segmentation.predictor import Predictor, RemovalResult, RenderOptions, render
+from segmentation.weights import WeightsError
 
 __all__ = [
     "EngineClosedError",
     "EngineConfig",
     "InferenceEngine",
+    "ModelUnavailableError",
     "QueueFullError",
     "RemovalResult",
     "RequestTimeoutError",
@@ -40,6 +42,10 @@ class QueueFullError(RuntimeError):
 
 class EngineClosedError(RuntimeError):
     """The engine was shut down before this request could run."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model's weights are missing or broken on this server."""
 
 
 class RequestTimeoutError(TimeoutError):
@@ -172,9 +178,17 @@ class InferenceEngine:
         return self._predictors[name]
 
     def _run(self, job: _Job) -> RemovalResult:
-        return remove_background(
-            job.data, self.predictor(job.model), job.options, max_pixels=self.config.max_pixels
-        )
+        started = time.perf_counter()
+        # Decode first: a bad upload gets its own answer even when a model cannot be loaded.
+        image = decode_image(job.data, max_pixels=self.config.max_pixels)
+        decoded = time.perf_counter()
+        try:
+            predictor = self.predictor(job.model)
+        except WeightsError as error:
+            raise ModelUnavailableError(f"the {job.model} model is not available: {error}") from None
+        result = render(image, predictor, job.options)
+        result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
+        return result
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, in-flight work, counts and per-model latency percentiles (seconds)."""

@@ -150,6 +150,27 @@ def compose_png(image: Image.Image, alpha: np.ndarray, options: RenderOptions = 
     return buffer.getvalue()
 
 
+def render(image: Image.Image, predictor: Predictor, options: RenderOptions = RenderOptions()) -> RemovalResult:
+    """Predict, refine, compose and encode one decoded photo, with the time of each stage."""
+    started = time.perf_counter()
+    alpha, timings = predictor.predict_alpha_timed(image, refine=not options.hard)
+    if options.hard:
+        alpha = (alpha >= predictor.card.threshold).astype(np.float32)
+    composed = time.perf_counter()
+    png = compose_png(image, alpha, options)
+    finished = time.perf_counter()
+    foreground = float((alpha >= predictor.card.threshold).mean())
+    return RemovalResult(
+        png=png,
+        width=image.width,
+        height=image.height,
+        model=predictor.name,
+        timings={**timings, "encode": finished - composed, "total": finished - started},
+        foreground_fraction=foreground,
+        person_found=foreground >= MIN_PERSON_FRACTION,
+    )
+
+
 def remove_background(
     data: bytes | str | Path,
     predictor: Predictor,
@@ -161,19 +182,6 @@ def remove_background(
     started = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    alpha, timings = predictor.predict_alpha_timed(image, refine=not options.hard)
-    if options.hard:
-        alpha = (alpha >= predictor.card.threshold).astype(np.float32)
-    composed = time.perf_counter()
-    png = compose_png(image, alpha, options)
-    finished = time.perf_counter()
-    foreground = float((alpha >= 0.5).mean())
-    return RemovalResult(
-        png=png,
-        width=image.width,
-        height=image.height,
-        model=predictor.name,
-        timings={"decode": decoded - started, **timings, "encode": finished - composed, "total": finished - started},
-        foreground_fraction=foreground,
-        person_found=foreground >= MIN_PERSON_FRACTION,
-    )
+    result = render(image, predictor, options)
+    result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
+    return result

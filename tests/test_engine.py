@@ -20,6 +20,7 @@ from segmentation.engine import (
     EngineClosedError,
     EngineConfig,
     InferenceEngine,
+    ModelUnavailableError,
     QueueFullError,
     RemovalResult,
     RequestTimeoutError,
@@ -263,5 +264,19 @@ async def test_networks_load_lazily_from_the_weights_folder(
             assert (result.model, result.width, result.height) == (name, 200, 300)
             assert engine.stats()["models"][name]["loaded"]
         assert engine.predictor("deeplab").card.inference_size == 64
+    finally:
+        await asyncio.wait_for(engine.close(), PATIENCE)
+
+
+async def test_missing_weights_are_model_unavailable_and_bad_uploads_still_get_their_answer(
+    tmp_path: Path, sample_photo_bytes: bytes
+) -> None:
+    engine = InferenceEngine(EngineConfig(queue_size=2, workers=1, weights_dir=tmp_path, torch_threads=1))
+    try:
+        with pytest.raises(ModelUnavailableError, match="deeplab"):
+            await asyncio.wait_for(engine.submit(sample_photo_bytes, model="deeplab"), PATIENCE)
+        # Decoding comes before loading: a corrupt upload is reported as such, not as a server fault.
+        with pytest.raises(UnsupportedImageError):
+            await asyncio.wait_for(engine.submit(b"not a photo at all", model="deeplab"), PATIENCE)
     finally:
         await asyncio.wait_for(engine.close(), PATIENCE)

@@ -112,10 +112,25 @@ def people(tmp_path_factory) -> Path:
 def tiny_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
     """A DeepLab run small enough for a test: 64 px crops, one thread, no worker processes."""
     values = dict(
-        model="deeplab", data=[str(data)], out_dir=str(out_dir), steps=12, batch_size=2, crop_size=64,
-        inference_size=64, scale_range=(0.8, 1.2), augment="strong", loss="bce_dice", optimizer="adamw",
-        lr=1e-3, schedule="cosine", warmup_steps=4, eval_every=1000, checkpoint_minutes=60.0, seed=3,
-        threads=1, workers=0,
+        model="deeplab",
+        data=[str(data)],
+        out_dir=str(out_dir),
+        steps=12,
+        batch_size=2,
+        crop_size=64,
+        inference_size=64,
+        scale_range=(0.8, 1.2),
+        augment="strong",
+        loss="bce_dice",
+        optimizer="adamw",
+        lr=1e-3,
+        schedule="cosine",
+        warmup_steps=4,
+        eval_every=1000,
+        checkpoint_minutes=60.0,
+        seed=3,
+        threads=1,
+        workers=0,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -227,7 +242,7 @@ def test_sampler_stream_restarts_at_any_position() -> None:
     resumed = [item for item, _ in zip(ResumableSampler(size=5, seed=2, start=12), range(11), strict=False)]
     assert resumed == stream[12:]
     for epoch in range(4):  # every epoch is a permutation of all the samples
-        assert sorted(index for index, _ in stream[epoch * 5:(epoch + 1) * 5]) == list(range(5))
+        assert sorted(index for index, _ in stream[epoch * 5 : (epoch + 1) * 5]) == list(range(5))
     assert len({seed for _, seed in stream}) == len(stream)  # each sample its own augmentation seed
 
 
@@ -616,7 +631,8 @@ def test_card_names_each_data_set_with_its_terms(tmp_path: Path) -> None:
     mystery.mkdir()
     (mystery / "README.md").write_text("# Mystery photos\n\nNo word on where they came from.\n")
     assert dataset_entry(mystery) == {
-        "name": "mystery", "source": "Mystery photos",
+        "name": "mystery",
+        "source": "Mystery photos",
         "terms": f"not stated: read {mystery / 'README.md'} before shipping weights trained on it",
     }
 

@@ -41,7 +41,7 @@ def synthetic_background(height: int, width: int) -> torch.Tensor:
         angle = random.uniform(0, 2 * math.pi)
         ys = torch.linspace(0, 1, height)[:, None]
         xs = torch.linspace(0, 1, width)[None, :]
-        ramp = (xs * math.cos(angle) + ys * math.sin(angle))
+        ramp = xs * math.cos(angle) + ys * math.sin(angle)
         ramp = ((ramp - ramp.min()) / (ramp.max() - ramp.min() + 1e-6))[None]
         background = start + (end - start) * ramp
     else:
@@ -79,13 +79,15 @@ class TrainAugment:
         if not self.colour:
             self.photometric = v2.RandomApply([v2.RandomChannelPermutation()], p=0.5)
             return
-        self.photometric = v2.Compose([
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
-            v2.RandomGrayscale(p=0.05),
-            v2.RandomApply([v2.RandomChannelPermutation()], p=0.1),
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.15),
-            v2.RandomApply([v2.JPEG((30, 95))], p=0.2),
-        ])
+        self.photometric = v2.Compose(
+            [
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
+                v2.RandomGrayscale(p=0.05),
+                v2.RandomApply([v2.RandomChannelPermutation()], p=0.1),
+                v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.15),
+                v2.RandomApply([v2.JPEG((30, 95))], p=0.2),
+            ]
+        )
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, partner_image: np.ndarray, partner_mask: np.ndarray
@@ -134,8 +136,8 @@ class TrainAugment:
         y0, y1, x0, x1 = max(top, 0), min(top + oh, height), max(left, 0), min(left + ow, width)
         if y1 <= y0 or x1 <= x0:
             return image, mask
-        patch = other[:, y0 - top:y1 - top, x0 - left:x1 - left]
-        patch_mask = other_mask[:, y0 - top:y1 - top, x0 - left:x1 - left]
+        patch = other[:, y0 - top : y1 - top, x0 - left : x1 - left]
+        patch_mask = other_mask[:, y0 - top : y1 - top, x0 - left : x1 - left]
         alpha = _soft_alpha(patch_mask)
         image = image.clone()
         region = image[:, y0:y1, x0:x1].float()
@@ -150,8 +152,8 @@ class TrainAugment:
         for _ in range(25):
             side = max(16, round(min(height, width) * random.uniform(0.2, 0.7)))
             top, left = random.randint(0, height - side), random.randint(0, width - side)
-            if not mask[:, top:top + side, left:left + side].any():
-                crop = image[:, top:top + side, left:left + side]
+            if not mask[:, top : top + side, left : left + side].any():
+                crop = image[:, top : top + side, left : left + side]
                 size = [self.crop_size, self.crop_size]
                 return TF.resize(crop, size, interpolation=InterpolationMode.BILINEAR, antialias=True), torch.zeros(
                     1, self.crop_size, self.crop_size, dtype=mask.dtype
@@ -170,7 +172,7 @@ class TrainAugment:
             mask = TF.pad(mask, padding, fill=0)
             height, width = image.shape[-2:]
         top, left = random.randint(0, height - size), random.randint(0, width - size)
-        return image[:, top:top + size, left:left + size], mask[:, top:top + size, left:left + size]
+        return image[:, top : top + size, left : left + size], mask[:, top : top + size, left : left + size]
 
     @staticmethod
     def _coarse_dropout(image: torch.Tensor, max_holes: int = 6, max_fraction: float = 0.12) -> torch.Tensor:
@@ -180,7 +182,7 @@ class TrainAugment:
             hole_h = random.randint(1, max(1, int(height * max_fraction)))
             hole_w = random.randint(1, max(1, int(width * max_fraction)))
             top, left = random.randint(0, height - hole_h), random.randint(0, width - hole_w)
-            image[:, top:top + hole_h, left:left + hole_w] = torch.randint(0, 256, (3, 1, 1), dtype=torch.uint8)
+            image[:, top : top + hole_h, left : left + hole_w] = torch.randint(0, 256, (3, 1, 1), dtype=torch.uint8)
         return image
 
 
@@ -188,8 +190,15 @@ def build_augment(kind: str, crop_size: int, base_side: int, scale_range: tuple[
     """The research recipe (crop, flips, rotation, channel shuffle, dropout) or ours on top of it."""
     if kind == "research":
         return TrainAugment(
-            crop_size, base_side, scale_range=(1.0, 1.0), paste_probability=0.0, background_probability=0.0,
-            rotate_probability=0.5, vflip_probability=0.5, dropout_probability=0.5, colour=False,
+            crop_size,
+            base_side,
+            scale_range=(1.0, 1.0),
+            paste_probability=0.0,
+            background_probability=0.0,
+            rotate_probability=0.5,
+            vflip_probability=0.5,
+            dropout_probability=0.5,
+            colour=False,
         )
     if kind == "strong":
         return TrainAugment(crop_size, base_side, scale_range=scale_range, negative_probability=0.08)

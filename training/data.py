@@ -120,6 +120,8 @@ class AugmentedPairs(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         partner = random.randrange(len(self.data))
         return self.augment(
-            self.data.images[index], self.data.masks[index],
-            self.data.images[partner], self.data.masks[partner],
+            self.data.images[index],
+            self.data.masks[index],
+            self.data.images[partner],
+            self.data.masks[partner],
         )

@@ -106,8 +106,9 @@ def format_table(report: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluation_command(model: str, roots: list[str | Path], split: str, weights_dir: Path | None,
-                       limit: int | None) -> str:
+def evaluation_command(
+    model: str, roots: list[str | Path], split: str, weights_dir: Path | None, limit: int | None
+) -> str:
     """The command line that reproduces an evaluation (written into weights cards)."""
     parts = ["python -m training.evaluate", f"--model {model}", "--data", *map(str, roots), f"--split {split}"]
     if weights_dir is not None:
@@ -131,16 +132,22 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--data", nargs="+", required=True, help="dataset folders (people_segmentation or Carvana)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--weights-dir", type=Path, help="folder with <model>.safetensors and <model>.json "
-                        "(default: the weights shipped in segmentation/weights)")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder with <model>.safetensors and <model>.json (default: the weights shipped in segmentation/weights)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set")
     args = parser.parse_args(argv)
 
     predictor = Predictor.from_weights(args.model, args.weights_dir)
     card = predictor.card
-    print(f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
-          f"{args.split} split of {', '.join(Path(root).name for root in args.data)}", file=sys.stderr)
+    print(
+        f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
+        f"{args.split} split of {', '.join(Path(root).name for root in args.data)}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -153,15 +160,21 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     print(f"{report[ALL]['images']} images in {seconds:.1f} s ({seconds / report[ALL]['images']:.3f} s per image)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "model": args.model,
-            "weights_dir": str(args.weights_dir) if args.weights_dir else None,
-            "split": args.split,
-            "data": [str(root) for root in args.data],
-            "limit": args.limit,
-            "metrics": report,
-            "command": evaluation_command(args.model, args.data, args.split, args.weights_dir, args.limit),
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "weights_dir": str(args.weights_dir) if args.weights_dir else None,
+                    "split": args.split,
+                    "data": [str(root) for root in args.data],
+                    "limit": args.limit,
+                    "metrics": report,
+                    "command": evaluation_command(args.model, args.data, args.split, args.weights_dir, args.limit),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return report
 
 

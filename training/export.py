@@ -41,7 +41,7 @@ KNOWN_DATA: dict[str, dict[str, str]] = {
         "terms": "no licence accompanies it: research data",
     },
     "people-portraits": {
-        "source": "The portrait dataset of Shen et al., \"Automatic Portrait Segmentation for Image Stylization\" "
+        "source": 'The portrait dataset of Shen et al., "Automatic Portrait Segmentation for Image Stylization" '
         "(Eurographics 2016), as published in the public repository bio-punk/AutoPortraitMatting",
         "terms": "released by its authors for academic use only",
     },
@@ -214,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     if (args.data or args.limit) and not args.evaluate:
         parser.error("--data and --limit choose what --evaluate scores; add --evaluate")
     try:
-        export(args.checkpoint, args.out_dir, score=args.evaluate, data=args.data, split=args.split,
-               limit=args.limit, log=lambda message: print(message, flush=True))
+        export(
+            args.checkpoint,
+            args.out_dir,
+            score=args.evaluate,
+            data=args.data,
+            split=args.split,
+            limit=args.limit,
+            log=lambda message: print(message, flush=True),
+        )
     except (ExportError, WeightsError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

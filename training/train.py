@@ -156,7 +156,7 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot([r["step"] for r in train], [r["loss"] for r in train])
     left.set(title="training loss", xlabel="step")
-    for source in (val[0]["metrics"] if val else {}):
+    for source in val[0]["metrics"] if val else {}:
         right.plot([r["step"] for r in val], [r["metrics"][source]["dice"] for r in val], label=source)
     right.set(title="validation Dice", xlabel="step")
     right.legend()
@@ -175,7 +175,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: 
         "step": step,
         "best_dice": best,
         "rng": {
-            "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
             # Dropout on a GPU draws from the CUDA generator, which the CPU state does not cover.
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
@@ -293,14 +295,19 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
             if step % 10 == 0 or step == config.steps:
                 elapsed = time.monotonic() - window_start
                 record = {
-                    "kind": "train", "step": step, "loss": window_loss / window_images,
-                    "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
+                    "kind": "train",
+                    "step": step,
+                    "loss": window_loss / window_images,
+                    "lr": scheduler.get_last_lr()[0],
+                    "images_per_s": window_images / elapsed,
                     "minutes": (time.monotonic() - started) / 60,
                 }
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
-                log(f"step {step}/{config.steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                    f"{record['images_per_s']:.1f} img/s  {record['minutes']:.1f} min")
+                log(
+                    f"step {step}/{config.steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                    f"{record['images_per_s']:.1f} img/s  {record['minutes']:.1f} min"
+                )
                 window_loss, window_images, window_start = 0.0, 0, time.monotonic()
 
             if step % config.eval_every == 0 or step == config.steps:
@@ -312,8 +319,10 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
                 plot_curves(log_path, out_dir / "curves.png")
                 if report["all"]["dice"] > best:
                     best = report["all"]["dice"]
-                    torch.save({"config": config.to_dict(), "model": model.state_dict(), "step": step,
-                                "metrics": report}, out_dir / "best.pt")
+                    torch.save(
+                        {"config": config.to_dict(), "model": model.state_dict(), "step": step, "metrics": report},
+                        out_dir / "best.pt",
+                    )
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best)
                 last_checkpoint = time.monotonic()
             elif time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
@@ -335,8 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", nargs="+")
     args = parser.parse_args(argv)
     config = TrainConfig.from_toml(
-        args.config, steps=args.steps, out_dir=args.out_dir, init_from=args.init_from,
-        threads=args.threads, data=args.data,
+        args.config,
+        steps=args.steps,
+        out_dir=args.out_dir,
+        init_from=args.init_from,
+        threads=args.threads,
+        data=args.data,
     )
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     # Appended, not overwritten: a resume (perhaps with new --steps) adds a line below the command that started

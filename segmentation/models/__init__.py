@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from segmentation import MODEL_NAMES
 from segmentation.models.deeplab import DeepLabV3ResNet18
 from segmentation.models.unet import UNet
 
@@ -22,7 +23,7 @@ def _unet(*, backbone_weights: str | Path | None = None) -> nn.Module:
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {"deeplab": _deeplab, "unet": _unet}
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+assert tuple(_BUILDERS) == MODEL_NAMES, "segmentation.MODEL_NAMES must list every builder"
 
 
 def create_model(name: str, *, backbone_weights: str | Path | None = None) -> nn.Module:

@@ -27,9 +27,7 @@ class ASPPPooling(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         # No BatchNorm on a 1x1 map: it cannot train at batch size 1, and a biased conv does the same job.
-        super().__init__(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True)
-        )
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).expand(-1, -1, *x.shape[-2:])
@@ -44,9 +42,7 @@ class ASPP(nn.Module):
         branches += [ConvBnReLU(in_channels, out_channels, 3, dilation=rate) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.branches = nn.ModuleList(branches)
-        self.project = nn.Sequential(
-            ConvBnReLU(len(branches) * out_channels, out_channels), nn.Dropout(0.1)
-        )
+        self.project = nn.Sequential(ConvBnReLU(len(branches) * out_channels, out_channels), nn.Dropout(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
@@ -96,9 +92,7 @@ class DeepLabDecoder(nn.Module):
         self.low_level = ConvBnReLU(low_level_channels, 48)
         fused = aspp_channels + 48  # 304
         self.attention = SqueezeExcite(fused)
-        self.refine = nn.Sequential(
-            ConvBnReLU(fused, out_channels, 3), ConvBnReLU(out_channels, out_channels, 3)
-        )
+        self.refine = nn.Sequential(ConvBnReLU(fused, out_channels, 3), ConvBnReLU(out_channels, out_channels, 3))
 
     def forward(self, aspp_features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         upsampled = F.interpolate(aspp_features, size=low_level.shape[-2:], mode="bilinear", align_corners=False)

@@ -51,9 +51,7 @@ class UNet(nn.Module):
             previous = width
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = DoubleConv(widths[-2], widths[-1])
-        self.decoders = nn.ModuleList(
-            UpBlock(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1))
-        )
+        self.decoders = nn.ModuleList(UpBlock(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

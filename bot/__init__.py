@@ -1,0 +1,1 @@
+"""BackgroundRemover's Telegram bot: settings, the Application and its handlers, and the SQLite store."""
