@@ -45,6 +45,10 @@ def main() -> int:
     except NetworkError as error:
         print(f"bgremover-bot: cannot reach the Bot API: {error.message}", file=sys.stderr)
         return 1
+    except Exception as error:  # e.g. an unwritable BOT_DATA_DIR: one line, and the details in the redacted log
+        logging.getLogger("bot").exception("the bot stopped on an unexpected error")
+        print(f"bgremover-bot: stopped: {type(error).__name__} (details in the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,7 +151,7 @@ def build_application(settings: Settings, engine: InferenceEngine | None = None)
         ApplicationBuilder()
         .application_class(BotApplication)
         .token(token)
-        .rate_limiter(AIORateLimiter())
+        .rate_limiter(AIORateLimiter(max_retries=2))  # retry a RetryAfter instead of losing a result
         # Every update runs as its own task, so a photo being processed never delays /stats or another chat.
         .concurrent_updates(True)
         # Uploading a multi-megabyte PNG over a slow link takes longer than the 5 s default write timeout.

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from segmentation import MODEL_NAMES  # torch-free: the names only
 
 # imageio is Pillow and numpy only: importing it here keeps a missing-token error instant (no torch yet).
 from segmentation.imageio import DEFAULT_MAX_PIXELS
@@ -61,17 +63,12 @@ class Settings(BaseSettings):
             return frozenset({value})
         return value
 
-    @model_validator(mode="after")
-    def _known_model(self) -> Settings:
-        # An "after" validator runs only once every field is valid, so a missing token is reported without first
-        # importing the model registry (which pulls in torch: seconds of start-up for a one-line error).
-        from segmentation import MODEL_NAMES
-
-        if self.default_model not in MODEL_NAMES:
-            raise ValueError(
-                f"BOT_DEFAULT_MODEL: unknown model {self.default_model!r}; choose one of: {', '.join(MODEL_NAMES)}"
-            )
-        return self
+    @field_validator("default_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 SERVICES_KEY = "services"
 MODEL_CALLBACK_PREFIX = "model:"
+# The Bot API accepts uploads of up to 50 MB from a bot.
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 # Telegram shows a chat action for about 5 seconds; renew it a little before it fades.
 CHAT_ACTION_INTERVAL_S = 4.5
 
@@ -150,7 +152,7 @@ async def chat_action(message: Message, action: str = ChatAction.UPLOAD_DOCUMENT
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 
 
@@ -327,7 +329,8 @@ async def _remove_background(
         return "download_failed", None
 
     engine = svc.engine
-    ahead = engine.queue_depth + engine.in_flight
+    # Photos that must finish before this one starts: the waiting ones, plus running ones beyond the free workers.
+    ahead = engine.queue_depth + max(0, engine.in_flight - svc.settings.workers + 1)
     status = None
     # When the queue is already full the answer will be "busy": don't first promise a place in line.
     if ahead > 0 and engine.queue_depth < svc.settings.queue_size:
@@ -360,6 +363,9 @@ async def _remove_background(
         await answer(message, texts.GENERIC_ERROR, status)
         return "error", None
 
+    if len(result.png) > MAX_UPLOAD_BYTES:
+        await answer(message, texts.result_too_big(len(result.png), MAX_UPLOAD_BYTES), status)
+        return "result_too_big", None
     await drop(status)
     seconds = time.monotonic() - started  # what the user waited for: download, queue and processing
     await message.reply_document(

@@ -24,6 +24,7 @@ OUTCOME_LABELS = {
     "shutdown": "interrupted by a restart",
     "download_failed": "download failed",
     "model_unavailable": "model unavailable",
+    "result_too_big": "result over the upload limit",
     "error": "internal error",
 }
 
@@ -114,6 +115,14 @@ def queued(ahead: int) -> str:
     """The place-in-line message."""
     noun = "photo is" if ahead == 1 else "photos are"
     return f"You're number {ahead + 1} in line: {ahead} {noun} ahead of yours. I'll send the result when it's ready."
+
+
+def result_too_big(size: int, limit: int) -> str:
+    """The finished PNG is larger than a bot may upload."""
+    return (
+        f"The result is {megabytes(size)}, more than the {megabytes(limit)} Telegram lets me send. "
+        "Please send a smaller photo."
+    )
 
 
 def model_unavailable(model: str, models: tuple[str, ...]) -> str:

@@ -50,7 +50,11 @@ def remove_command(args: argparse.Namespace) -> int:
     out = Path(args.output)
     many = len(inputs) > 1 or any(Path(p).is_dir() for p in args.inputs)
     if many:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"bgremover: cannot create the output folder {out}: {error.strerror}", file=sys.stderr)
+            return 1
     try:
         predictor = Predictor.from_weights(args.model, args.weights_dir)
     except WeightsError as error:
@@ -58,6 +62,7 @@ def remove_command(args: argparse.Namespace) -> int:
         return 1
     options = RenderOptions(background=args.bg, mask_only=args.mask_only, hard=args.hard)
     failures = 0
+    written: set[Path] = set()
     for source in inputs:
         try:
             result = remove_background(source, predictor, options, max_pixels=args.max_pixels)
@@ -66,8 +71,16 @@ def remove_command(args: argparse.Namespace) -> int:
             failures += 1
             continue
         target = _output_for(source, out, many)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(result.png)
+        if target in written:  # a.jpg and a.png in one folder: keep both results
+            target = target.with_name(f"{source.stem}_{source.suffix.lstrip('.')}.png")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(result.png)
+        except OSError as error:
+            print(f"bgremover: cannot write {target}: {error.strerror}", file=sys.stderr)
+            failures += 1
+            continue
+        written.add(target)
         note = "" if result.person_found else "  (no person found)"
         print(f"{source} -> {target}  {result.width}x{result.height}  {result.timings['total']:.2f} s{note}")
     return 1 if failures else 0

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from segmentation import MODEL_NAMES
-from segmentation.imageio import DEFAULT_MAX_PIXELS, decode_image
-from segmentation.predictor import Predictor, RemovalResult, RenderOptions, render
+from segmentation.imageio import DEFAULT_MAX_PIXELS
+from segmentation.predictor import Predictor, RemovalResult, RenderOptions, remove_background
 from segmentation.weights import WeightsError
 
 __all__ = [
@@ -178,17 +178,13 @@ class InferenceEngine:
         return self._predictors[name]
 
     def _run(self, job: _Job) -> RemovalResult:
-        started = time.perf_counter()
-        # Decode first: a bad upload gets its own answer even when a model cannot be loaded.
-        image = decode_image(job.data, max_pixels=self.config.max_pixels)
-        decoded = time.perf_counter()
-        try:
-            predictor = self.predictor(job.model)
-        except WeightsError as error:
-            raise ModelUnavailableError(f"the {job.model} model is not available: {error}") from None
-        result = render(image, predictor, job.options)
-        result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
-        return result
+        def load() -> Predictor:
+            try:
+                return self.predictor(job.model)
+            except WeightsError as error:
+                raise ModelUnavailableError(f"the {job.model} model is not available: {error}") from None
+
+        return remove_background(job.data, load, job.options, max_pixels=self.config.max_pixels)
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, in-flight work, counts and per-model latency percentiles (seconds)."""

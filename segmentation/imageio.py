@@ -91,12 +91,12 @@ def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEF
     try:
         # open() reads only the header; the pixel count is checked before any pixel is decoded.
         # (No warnings filter here: it is process-global and not thread-safe with several workers.)
-        image = Image.open(source)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(width * height, max_pixels)
-        image.load()
-        return _to_rgb(_upright(image))
+        with Image.open(source) as image:  # closes the file on every path; the result below is a new image
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(width * height, max_pixels)
+            image.load()
+            return _to_rgb(_upright(image))
     except Image.DecompressionBombError:
         # Pillow's own bomb check (past ~179 MP) fires inside open(), before the size is known to us.
         raise ImageTooLargeError(None, max_pixels) from None

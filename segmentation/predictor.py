@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -143,7 +144,11 @@ def compose_png(image: Image.Image, alpha: np.ndarray, options: RenderOptions = 
         result = Image.new("RGB", image.size, options.background)
         result.paste(image, mask=alpha8)
     else:
-        result = image.copy()
+        # Zero the colour under fully transparent pixels: the removed background is really gone (not
+        # just hidden), and the PNG is markedly smaller.
+        pixels = np.array(image)
+        pixels[np.asarray(alpha8) == 0] = 0
+        result = Image.fromarray(pixels)
         result.putalpha(alpha8)
     buffer = io.BytesIO()
     result.save(buffer, format="PNG", compress_level=options.compress_level)
@@ -173,15 +178,19 @@ def render(image: Image.Image, predictor: Predictor, options: RenderOptions = Re
 
 def remove_background(
     data: bytes | str | Path,
-    predictor: Predictor,
+    predictor: Predictor | Callable[[], Predictor],
     options: RenderOptions = RenderOptions(),
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> RemovalResult:
-    """The whole path for one photo: decode, predict, refine, compose and encode, with timings."""
+    """The whole path for one photo: decode, predict, refine, compose and encode, with timings.
+
+    `predictor` may be a function that loads one: it is called after decoding, so a bad upload gets
+    its own answer even when the model cannot be loaded.
+    """
     started = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    result = render(image, predictor, options)
+    result = render(image, predictor if isinstance(predictor, Predictor) else predictor(), options)
     result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
     return result

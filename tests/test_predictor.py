@@ -125,16 +125,21 @@ def test_mask_only_gives_a_greyscale_png_of_the_matte(bright_predictor: Predicto
     assert (np.asarray(mask)[truth] > 128).mean() > 0.95
 
 
-def test_rgba_cutout_keeps_the_original_pixels(bright_predictor: Predictor) -> None:
+def test_rgba_cutout_keeps_visible_pixels_and_clears_the_removed_background(bright_predictor: Predictor) -> None:
     image, truth = scene(120, 90)
     result = remove_background(png_bytes(image), bright_predictor)
     cutout = open_png(result.png)
     assert cutout.mode == "RGBA"
     assert cutout.size == image.size
     pixels = np.asarray(cutout)
-    np.testing.assert_array_equal(pixels[..., :3], np.asarray(image))
     expected = np.clip(bright_predictor.predict_alpha(image) * 255 + 0.5, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(pixels[..., 3], expected)
+    visible, gone = expected > 0, expected == 0
+    assert visible.any() and gone.any()
+    # Wherever any alpha remains the colour is the photo's, untouched; under full transparency it is zeroed,
+    # so the removed background cannot be recovered from the PNG.
+    np.testing.assert_array_equal(pixels[..., :3][visible], np.asarray(image)[visible])
+    assert not pixels[..., :3][gone].any()
     assert ((pixels[..., 3] >= 128) == truth).mean() > 0.95
 
 

@@ -5,6 +5,7 @@ Each network's tests are skipped only while its files are absent from the packag
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ NETWORKS = [
     pytest.param(
         name,
         marks=pytest.mark.skipif(
-            not _shipped(name),
+            not _shipped(name) and not os.environ.get("CI"),  # in CI, missing weights fail
             reason=f"shipped weights not in the package yet: {name}.safetensors and {name}.json in {WEIGHTS_DIR}",
         ),
         id=name,

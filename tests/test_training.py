@@ -177,6 +177,15 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     assert learning_rates[0] == pytest.approx(learning_rates[1])
 
 
+def test_epochs_set_the_step_count_and_validation_runs_once_per_epoch(people: Path, tmp_path: Path) -> None:
+    # The tiny set has 6 training pairs: at batch 2 an epoch is 3 steps, so 2 epochs are 6 steps.
+    config = tiny_config(people, tmp_path / "epochs", steps=1000, epochs=2, eval_every=0, batch_size=2)
+    train(config, log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "epochs" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if record["kind"] == "val"] == [3, 6]
+    assert torch.load(tmp_path / "epochs" / "checkpoint.pt", weights_only=False)["step"] == 6
+
+
 @pytest.fixture(scope="module")
 def trained_run(people: Path, tmp_path_factory) -> Path:
     """A 20-step DeepLab run on the tiny set (validated at steps 10 and 20); its folder, for several tests."""
@@ -293,7 +302,8 @@ def test_research_configs_match_the_documented_runs(name, model, size, batch, ep
     assert (config.optimizer, config.lr, config.loss, config.schedule) == ("adam", 1e-4, "bce", "constant")
     assert config.augment == "research"
     if epochs is not None:
-        assert config.steps * config.batch_size == epochs * pairs
+        assert config.epochs == epochs
+        assert config.eval_every == 0  # validation and a checkpoint once per epoch
     if name == "unet_carvana":
         assert config.data == ["data/carvana"]
 

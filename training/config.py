@@ -16,6 +16,7 @@ class TrainConfig:
     data: list[str] = field(default_factory=lambda: ["../shared/data/people-ccp"])
     out_dir: str = "runs/deeplab"
     steps: int = 1000
+    epochs: float = 0.0  # when set, steps = epochs x training pairs / batch size
     batch_size: int = 8
     crop_size: int = 256
     inference_size: int = 384  # long side the predictor resizes to; training scales around it
@@ -28,7 +29,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" with linear warm-up, or "constant"
     warmup_steps: int = 200
     min_lr_ratio: float = 0.01
-    eval_every: int = 400
+    eval_every: int = 400  # steps between validations; 0 validates (and checkpoints) once per epoch
     checkpoint_minutes: float = 5.0
     seed: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 
 class DatasetError(ValueError):
@@ -105,23 +102,3 @@ class InMemoryPairs:
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-
-class AugmentedPairs(Dataset):
-    """Training samples: each pair through the joint augmentation, as float image and mask tensors."""
-
-    def __init__(self, data: InMemoryPairs, augment) -> None:
-        self.data = data
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        partner = random.randrange(len(self.data))
-        return self.augment(
-            self.data.images[index],
-            self.data.masks[index],
-            self.data.images[partner],
-            self.data.masks[partner],
-        )

@@ -98,19 +98,24 @@ def autocast_for(device: torch.device):
 
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, device: torch.device) -> dict:
-    """Dice, IoU and pixel accuracy per set and over all: resize to the inference size, predict, upsample."""
+    """Dice, IoU and pixel accuracy per set and over all, preprocessed as the production predictor does.
+
+    Long side to the inference size with the aspect kept, zero padding (after normalising) to a multiple
+    of 32, predict, crop the padding, upsample to the mask; only the guided refinement is left out.
+    """
     model.eval()
     by_source: dict[str, list] = {}
     for pair, image, mask in zip(data.pairs, data.images, data.masks, strict=True):
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
         height, width = image.shape[:2]
         scale = config.inference_size / max(height, width)
-        size = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
         resized = F.interpolate(tensor.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-        batch = normalise(resized)
+        batch = F.pad(normalise(resized), [0, (-size[1]) % 32, 0, (-size[0]) % 32])
         with autocast_for(device):
             logits = model(batch.contiguous(memory_format=torch.channels_last))
-        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+        logits = logits[..., : size[0], : size[1]].float()
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         predicted = (logits[0, 0] > 0).cpu().numpy()
         by_source.setdefault(pair.source, []).append(score_masks(predicted, mask))
     model.train()
@@ -233,9 +238,16 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
     train_data = InMemoryPairs(pairs_for(config.data, "train"), max_side)
     val_data = InMemoryPairs(pairs_for(config.data, "val"), None)
     log(f"{len(train_data)} training pairs, {len(val_data)} validation pairs from {', '.join(config.data)}")
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    if config.epochs:
+        config.steps = math.ceil(config.epochs * steps_per_epoch)
+    eval_every = config.eval_every or steps_per_epoch
 
     model = create_model(config.model, backbone_weights=config.backbone_weights or None)
-    if config.init_from and not resume:
+    resuming = resume and checkpoint_path.is_file()
+    if resume and not resuming:
+        log(f"--resume: no checkpoint at {checkpoint_path}, starting a new run")
+    if config.init_from and not resuming:
         warm_start(model, config)
     model = model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, config)
@@ -243,7 +255,7 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
     loss_fn = LOSSES[config.loss]
 
     step, best = 0, -1.0
-    if resume and checkpoint_path.is_file():
+    if resuming:
         # Loaded to the CPU: torch.set_rng_state needs a CPU tensor (a CUDA map_location broke GPU resumes);
         # load_state_dict moves weights and optimiser state onto the model's device itself.
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -304,13 +316,15 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
                 }
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
+                done = round(24 * step / config.steps)
                 log(
-                    f"step {step}/{config.steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                    f"[{'#' * done}{'.' * (24 - done)}] step {step}/{config.steps}  "
+                    f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                     f"{record['images_per_s']:.1f} img/s  {record['minutes']:.1f} min"
                 )
                 window_loss, window_images, window_start = 0.0, 0, time.monotonic()
 
-            if step % config.eval_every == 0 or step == config.steps:
+            if step % eval_every == 0 or step == config.steps:
                 report = validate(model, val_data, config, device)
                 metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
                 metrics_log.flush()
