@@ -36,7 +36,7 @@ from botapi_stub import BotApiStub
 from PIL import Image
 from telegram.ext import Application
 
-from bot import texts
+from bot import handlers, texts
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_PART = TOKEN.partition(":")[2]
@@ -311,6 +311,19 @@ async def test_no_person_still_gets_a_result_with_a_note(botapi: BotApiStub, tmp
         assert "Succeeded: 1 (no person found 1)" in report
         assert "deeplab: 1 done, p50 " in report
         assert application.bot_data["services"].engine.stats()["completed"] == 1
+
+
+async def test_a_result_over_the_upload_limit_gets_its_own_answer(
+    botapi: BotApiStub, tmp_path: Path, monkeypatch
+) -> None:
+    # A 50 MB PNG takes a huge photo to make; lowering the limit exercises the same path with a small one.
+    monkeypatch.setattr(handlers, "MAX_UPLOAD_BYTES", 100)
+    settings = make_settings(tmp_path, botapi)
+    async with running_bot(settings, nobody_engine(settings)):
+        botapi.push_document(72, encode(Image.new("RGB", (240, 320), (90, 140, 210)), "PNG"), "sky.png", "image/png")
+        (reply,) = await botapi.wait_for(lambda: botapi.texts(72), 60, "the too-big answer")
+        assert reply.startswith("The result is ") and reply.endswith("Please send a smaller photo.")
+        assert not botapi.documents(72)
 
 
 @needs_deeplab
