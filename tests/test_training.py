@@ -569,6 +569,12 @@ def test_export_round_trips_through_the_shipped_format(trained_run: Path, tmp_pa
     assert card.metrics == {}  # only --evaluate writes scores, and only production-path ones
 
 
+def test_export_can_choose_the_served_inference_size(trained_run: Path, tmp_path: Path) -> None:
+    card = export(trained_run / "best.pt", tmp_path / "weights", inference_size=96, log=lambda _: None)
+    assert card.inference_size == read_card("deeplab", tmp_path / "weights").inference_size == 96
+    assert card.training["config"]["inference_size"] == 64  # the run itself is recorded as it was
+
+
 def test_export_evaluate_writes_what_training_evaluate_reproduces(
     trained_run: Path, people: Path, tmp_path: Path, capsys
 ) -> None:

@@ -155,6 +155,7 @@ def export(
     data: list[str | Path] | None = None,
     split: str = "val",
     limit: int | None = None,
+    inference_size: int | None = None,
     log: Callable[[str], None] = print,
 ) -> ModelCard:
     """Write a checkpoint's weights and card into out_dir; with score, evaluate them and record it in the card.
@@ -165,6 +166,8 @@ def export(
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     checkpoint = read_checkpoint(checkpoint_path)
     card = build_card(checkpoint, checkpoint_path)
+    if inference_size:  # chosen on the val split after training: the run's size need not be the best to serve
+        card.inference_size = inference_size
     if not card.training_command:
         log(f"warning: no {checkpoint_path.parent / 'command.txt'}; the card's training_command stays empty")
     model = create_model(card.architecture)
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", help="folders to score on (default: the run's own data)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set (a quick check)")
+    parser.add_argument(
+        "--inference-size", type=positive_int, help="long side the predictor resizes to (default: the run's)"
+    )
     args = parser.parse_args(argv)
     if (args.data or args.limit) and not args.evaluate:
         parser.error("--data and --limit choose what --evaluate scores; add --evaluate")
@@ -221,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data,
             split=args.split,
             limit=args.limit,
+            inference_size=args.inference_size,
             log=lambda message: print(message, flush=True),
         )
     except (ExportError, WeightsError, DatasetError) as error:
