@@ -93,12 +93,17 @@ class Predictor:
         height, width = pixels.shape[:2]
         # Pad right and bottom to a multiple of 32 with zeros, i.e. the mean colour after normalising.
         tensor = F.pad(tensor, [0, (-width) % 32, 0, (-height) % 32])
+        if self.card.flip_average:  # one batch of two: the photo and its mirror image
+            tensor = torch.cat([tensor, tensor.flip(-1)])
         if self.fast:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         context = torch.autocast("cpu", dtype=torch.bfloat16) if self.fast else nullcontext()
         with context:
             logits = self.model(tensor)
-        probability = torch.sigmoid(logits.float())[0, 0, :height, :width]
+        probabilities = torch.sigmoid(logits.float())
+        if self.card.flip_average:
+            probabilities = (probabilities[:1] + probabilities[1:].flip(-1)) / 2
+        probability = probabilities[0, 0, :height, :width]
         return probability.numpy(), pixels
 
     @torch.inference_mode()

@@ -31,6 +31,7 @@ class ModelCard:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     threshold: float = 0.5
+    flip_average: bool = False  # average the prediction with that of the mirrored photo (test-time flip)
     training_data: list[dict[str, str]] = field(default_factory=list)
     training_command: str = ""
     training: dict[str, Any] = field(default_factory=dict)
