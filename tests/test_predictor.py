@@ -254,3 +254,17 @@ def test_fast_bf16_and_float32_give_close_probabilities(
     assert np.abs(approximate - reference).max() < 0.05
     assert np.abs(approximate - reference).mean() < 0.01
     assert not np.array_equal(approximate, reference)  # and it really ran in reduced precision
+
+
+def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(random_weights_dir: Path) -> None:
+    """With the card's flip_average, the probability is the mean over the photo and its mirror image."""
+    plain = Predictor.from_weights("deeplab", random_weights_dir, fast=False)
+    flipped_card = ModelCard(**{**plain.card.__dict__, "flip_average": True})
+    averaged = Predictor(plain.model, flipped_card, fast=False)
+    image = Image.new("RGB", (70, 45), (120, 80, 40))
+    image.paste((250, 250, 250), (0, 0, 30, 45))  # asymmetric, so the mirror's prediction differs
+    direct, _ = plain.predict_low_res(image)
+    mirrored, _ = plain.predict_low_res(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    expected = (direct + mirrored[:, ::-1]) / 2
+    assert not np.allclose(direct, expected, atol=1e-4)
+    np.testing.assert_allclose(averaged.predict_low_res(image)[0], expected, atol=1e-5)
