@@ -441,16 +441,22 @@ def test_missing_token_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_python_m_bot_polls_and_stops_on_sigterm(botapi: BotApiStub, tmp_path: Path) -> None:
+def bot_process_env(botapi: BotApiStub, tmp_path: Path, token: str, **extra: str) -> dict[str, str]:
+    """The environment of a `python -m bot` child: no inherited BOT_* settings, pointed at the stand-in."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BOT_")}
     env.update(
         PYTHONPATH=str(REPO),
-        BOT_TOKEN=TOKEN,
+        BOT_TOKEN=token,
         BOT_API_BASE_URL=botapi.base_url,
         BOT_API_BASE_FILE_URL=botapi.base_file_url,
         BOT_DATA_DIR=str(tmp_path / "data"),
-        BOT_LOG_LEVEL="DEBUG",
+        **extra,
     )
+    return env
+
+
+def test_python_m_bot_polls_and_stops_on_sigterm(botapi: BotApiStub, tmp_path: Path) -> None:
+    env = bot_process_env(botapi, tmp_path, TOKEN, BOT_LOG_LEVEL="DEBUG")
     process = subprocess.Popen(
         [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -475,14 +481,7 @@ def test_python_m_bot_polls_and_stops_on_sigterm(botapi: BotApiStub, tmp_path: P
 
 def test_a_rejected_token_exits_2_without_leaking_it(botapi: BotApiStub, tmp_path: Path) -> None:
     wrong = "4242:AAH-a-WRONG-token-0000000000"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BOT_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        BOT_TOKEN=wrong,
-        BOT_API_BASE_URL=botapi.base_url,
-        BOT_API_BASE_FILE_URL=botapi.base_file_url,
-        BOT_DATA_DIR=str(tmp_path / "data"),
-    )
+    env = bot_process_env(botapi, tmp_path, wrong)
     done = subprocess.run(
         [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
     )
