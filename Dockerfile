@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY segmentation ./segmentation
 COPY bot ./bot
 COPY training ./training
-RUN pip install . && python -c "from segmentation.weights import read_card; read_card('deeplab'); read_card('unet')"
+RUN pip install . && python -c "from segmentation.weights_io import read_card; read_card('deeplab'); read_card('unet')"
 
 RUN useradd --create-home --uid 10001 bot && mkdir -p /data && chown bot:bot /data
 USER bot

@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from segmentation.cpu import cpu_supports_bf16
 from segmentation.engine import EngineConfig, InferenceEngine
 from segmentation.models import MODEL_NAMES
-from segmentation.predictor import Predictor, cpu_supports_bf16, remove_background
+from segmentation.pipeline import remove_background
+from segmentation.predictor import Predictor
 
 SAMPLE = Path(__file__).resolve().parent.parent / "segmentation" / "samples" / "street.jpg"
 STAGES = ("decode", "predict", "refine", "encode", "total")

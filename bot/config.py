@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from segmentation import MODEL_NAMES  # torch-free: the names only
 
 # imageio is Pillow and numpy only: importing it here keeps a missing-token error instant (no torch yet).
-from segmentation.imageio import DEFAULT_MAX_PIXELS
+from segmentation.decoding import DEFAULT_MAX_PIXELS
 
 # The Bot API lets a bot download files up to 20 MB (a local Bot API server lifts this; we keep the safe value).
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024

@@ -19,6 +19,7 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.config import Settings
 from bot.store import AsyncStore
+from segmentation.decoding import ImageTooLargeError, UnsupportedImageError
 from segmentation.engine import (
     EngineClosedError,
     InferenceEngine,
@@ -26,7 +27,6 @@ from segmentation.engine import (
     QueueFullError,
     RequestTimeoutError,
 )
-from segmentation.imageio import ImageTooLargeError, UnsupportedImageError
 
 logger = logging.getLogger(__name__)
 

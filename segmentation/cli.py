@@ -8,10 +8,12 @@ from pathlib import Path
 
 from PIL import ImageColor
 
-from segmentation.imageio import DEFAULT_MAX_PIXELS, InputImageError
+from segmentation.decoding import DEFAULT_MAX_PIXELS, InputImageError
 from segmentation.models import MODEL_NAMES
-from segmentation.predictor import Predictor, RenderOptions, remove_background
-from segmentation.weights import WEIGHTS_DIR, WeightsError, read_card
+from segmentation.pipeline import remove_background
+from segmentation.predictor import Predictor
+from segmentation.rendering import RenderOptions
+from segmentation.weights_io import WEIGHTS_DIR, WeightsError, read_card
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
 

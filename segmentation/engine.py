@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from segmentation import MODEL_NAMES
-from segmentation.imageio import DEFAULT_MAX_PIXELS
-from segmentation.predictor import Predictor, RemovalResult, RenderOptions, remove_background
-from segmentation.weights import WeightsError
+from segmentation.decoding import DEFAULT_MAX_PIXELS
+from segmentation.pipeline import RemovalResult, remove_background
+from segmentation.predictor import Predictor
+from segmentation.rendering import RenderOptions
+from segmentation.weights_io import WeightsError
 
 __all__ = [
     "EngineClosedError",

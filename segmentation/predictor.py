@@ -1,13 +1,9 @@
-"""From a photo to an alpha matte at the original resolution, and from a matte to a PNG."""
+"""From a photo to an alpha matte at the original resolution: resize, pad, network, refine."""
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,46 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segmentation.imageio import DEFAULT_MAX_PIXELS, decode_image
+from segmentation.cpu import cpu_supports_bf16
 from segmentation.refine import fast_guided_upsample
-from segmentation.weights import WEIGHTS_DIR, ModelCard, load_model
-
-# A person covering less than this share of the photo is treated as "no person found".
-MIN_PERSON_FRACTION = 0.002
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How to render the result: a transparent cutout, a solid background, or the mask alone."""
-
-    background: tuple[int, int, int] | None = None  # solid colour instead of transparency
-    mask_only: bool = False  # a greyscale PNG of the matte itself
-    hard: bool = False  # a binary mask instead of soft, refined edges
-    compress_level: int = 1  # PNG is lossless at any level; 1 is several times faster to encode than 6
-
-
-@dataclass
-class RemovalResult:
-    """The rendered PNG and a few facts about the matte."""
-
-    png: bytes
-    width: int
-    height: int
-    model: str
-    timings: dict[str, float] = field(default_factory=dict)
-    foreground_fraction: float = 0.0
-    person_found: bool = False
+from segmentation.weights_io import WEIGHTS_DIR, ModelCard, load_model
 
 
 class Predictor:
@@ -128,6 +87,11 @@ class Predictor:
         alpha = alpha[0, 0].numpy()
         return alpha, {"predict": predicted - started, "refine": time.perf_counter() - predicted}
 
+    @property
+    def threshold(self) -> float:
+        """The matte value from which a pixel counts as person (from the card)."""
+        return self.card.threshold
+
     def predict_mask(self, image: Image.Image) -> np.ndarray:
         """The hard person mask at full resolution: the refined matte at the card's threshold."""
         return self.predict_alpha(image) >= self.card.threshold
@@ -138,64 +102,3 @@ def _grey(pixels: np.ndarray) -> torch.Tensor:
     rgb = torch.from_numpy(np.array(pixels, dtype=np.float32))  # a writable float copy
     grey = rgb @ torch.tensor([0.299 / 255, 0.587 / 255, 0.114 / 255])
     return grey[None, None]
-
-
-def compose_png(image: Image.Image, alpha: np.ndarray, options: RenderOptions = RenderOptions()) -> bytes:
-    """Render the photo and its matte as a lossless PNG: RGBA cutout, solid background, or the mask."""
-    alpha8 = Image.fromarray(np.clip(alpha * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if options.mask_only:
-        result = alpha8
-    elif options.background is not None:
-        result = Image.new("RGB", image.size, options.background)
-        result.paste(image, mask=alpha8)
-    else:
-        # Zero the colour under fully transparent pixels: the removed background is really gone (not
-        # just hidden), and the PNG is markedly smaller.
-        pixels = np.array(image)
-        pixels[np.asarray(alpha8) == 0] = 0
-        result = Image.fromarray(pixels)
-        result.putalpha(alpha8)
-    buffer = io.BytesIO()
-    result.save(buffer, format="PNG", compress_level=options.compress_level)
-    return buffer.getvalue()
-
-
-def render(image: Image.Image, predictor: Predictor, options: RenderOptions = RenderOptions()) -> RemovalResult:
-    """Predict, refine, compose and encode one decoded photo, with the time of each stage."""
-    started = time.perf_counter()
-    alpha, timings = predictor.predict_alpha_timed(image, refine=not options.hard)
-    if options.hard:
-        alpha = (alpha >= predictor.card.threshold).astype(np.float32)
-    composed = time.perf_counter()
-    png = compose_png(image, alpha, options)
-    finished = time.perf_counter()
-    foreground = float((alpha >= predictor.card.threshold).mean())
-    return RemovalResult(
-        png=png,
-        width=image.width,
-        height=image.height,
-        model=predictor.name,
-        timings={**timings, "encode": finished - composed, "total": finished - started},
-        foreground_fraction=foreground,
-        person_found=foreground >= MIN_PERSON_FRACTION,
-    )
-
-
-def remove_background(
-    data: bytes | str | Path,
-    predictor: Predictor | Callable[[], Predictor],
-    options: RenderOptions = RenderOptions(),
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> RemovalResult:
-    """The whole path for one photo: decode, predict, refine, compose and encode, with timings.
-
-    `predictor` may be a function that loads one: it is called after decoding, so a bad upload gets
-    its own answer even when the model cannot be loaded.
-    """
-    started = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
-    decoded = time.perf_counter()
-    result = render(image, predictor if isinstance(predictor, Predictor) else predictor(), options)
-    result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
-    return result

@@ -70,7 +70,7 @@ def nobody_engine(settings: Settings) -> InferenceEngine:
     from torch import nn
 
     from segmentation.predictor import Predictor
-    from segmentation.weights import ModelCard
+    from segmentation.weights_io import ModelCard
 
     class Nobody(nn.Module):
         def forward(self, batch: torch.Tensor) -> torch.Tensor:

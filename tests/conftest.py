@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from segmentation.models import MODEL_NAMES, create_model
-from segmentation.weights import ModelCard, save_weights
+from segmentation.weights_io import ModelCard, save_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Long side the random-weight networks run at: small, so every test that predicts stays fast.

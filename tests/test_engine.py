@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from segmentation.decoding import ImageTooLargeError, UnsupportedImageError
 from segmentation.engine import (
     EngineClosedError,
     EngineConfig,
@@ -25,9 +26,9 @@ from segmentation.engine import (
     RemovalResult,
     RequestTimeoutError,
 )
-from segmentation.imageio import ImageTooLargeError, UnsupportedImageError
-from segmentation.predictor import Predictor, RenderOptions
-from segmentation.weights import ModelCard
+from segmentation.predictor import Predictor
+from segmentation.rendering import RenderOptions
+from segmentation.weights_io import ModelCard
 
 # Every wait in these tests is bounded: a bug makes a test fail, never hang.
 PATIENCE = 10.0

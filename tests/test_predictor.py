@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segmentation.imageio import decode_image
-from segmentation.predictor import Predictor, RenderOptions, compose_png, remove_background
+from segmentation.decoding import decode_image
+from segmentation.pipeline import remove_background
+from segmentation.predictor import Predictor
 from segmentation.refine import fast_guided_upsample
-from segmentation.weights import ModelCard, load_model
+from segmentation.rendering import RenderOptions, compose_png
+from segmentation.weights_io import ModelCard, load_model
 
 BOX = (0.3, 0.2, 0.75, 0.85)  # the bright "person" in the synthetic scene, as fractions (left, top, right, bottom)
 

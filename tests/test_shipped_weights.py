@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from segmentation.imageio import decode_image
+from segmentation.decoding import decode_image
 from segmentation.models import MODEL_NAMES, create_model
 from segmentation.predictor import Predictor
-from segmentation.weights import WEIGHTS_DIR, read_card, weights_paths
+from segmentation.weights_io import WEIGHTS_DIR, read_card, weights_paths
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Clothing Co-Parsing validation images (never trained on), with their true person masks.

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import training.train as train_module
 from segmentation.models import create_model
-from segmentation.weights import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
+from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
 from training.augment import MEAN_RGB, build_augment
 from training.config import TrainConfig
 from training.data import DatasetError, InMemoryPairs, find_pairs, load_pair, pairs_for
@@ -398,17 +398,18 @@ def test_metrics_match_hand_counts() -> None:
 def test_metrics_of_empty_masks() -> None:
     empty, full = np.zeros((3, 3), dtype=bool), np.ones((3, 3), dtype=bool)
     assert score_masks(empty, empty) == MaskScores(1.0, 1.0, 1.0)  # nothing to find, nothing found
-    assert score_masks(full, empty) == MaskScores(0.0, 0.0, 0.0)
+    assert score_masks(full, empty) == MaskScores(0.0, 0.0, 0.0, kept=1.0)  # everything kept where nobody is
     one = empty.copy()
     one[1, 1] = True
-    assert score_masks(empty, one) == MaskScores(0.0, 0.0, pytest.approx(8 / 9))
+    assert score_masks(empty, one) == MaskScores(0.0, 0.0, pytest.approx(8 / 9), kept=0.0)
+    assert score_masks(one, empty).kept == pytest.approx(1 / 9)
     with pytest.raises(ValueError, match="shape mismatch"):
         score_masks(empty, np.zeros((3, 4), dtype=bool))
 
 
 def test_mean_scores_average_over_images() -> None:
-    means = mean_scores([MaskScores(1.0, 1.0, 1.0), MaskScores(0.5, 0.25, 0.75)])
-    assert means == {"dice": 0.75, "iou": 0.625, "pixel_accuracy": 0.875, "images": 2}
+    means = mean_scores([MaskScores(1.0, 1.0, 1.0, 0.5), MaskScores(0.5, 0.25, 0.75, 0.0)])
+    assert means == {"dice": 0.75, "iou": 0.625, "pixel_accuracy": 0.875, "kept": 0.25, "images": 2}
     with pytest.raises(ValueError):
         mean_scores([])
 
@@ -595,40 +596,90 @@ def test_export_evaluate_writes_what_training_evaluate_reproduces(
     assert "people-tiny" in table and "all" in table and f"{card.metrics['all']['dice']:.4f}" in table
 
 
-class ListedMasks:
-    """A stand-in predictor that answers with given masks in turn, and records what it was shown."""
+class ListedMattes:
+    """A stand-in predictor that answers with given mattes in turn, and records what it was shown."""
 
-    def __init__(self, masks: list[np.ndarray]) -> None:
-        self.masks, self.seen = list(masks), []
+    threshold = 0.5
 
-    def predict_mask(self, image: Image.Image) -> np.ndarray:
+    def __init__(self, mattes: list[np.ndarray]) -> None:
+        self.mattes, self.seen = [m.astype(np.float32) for m in mattes], []
+
+    def predict_alpha(self, image: Image.Image) -> np.ndarray:
         self.seen.append((image.mode, image.size))
-        return self.masks.pop(0)
+        return self.mattes.pop(0)
+
+
+def make_empty_dataset(root: Path, val: int = 2, size: tuple[int, int] = (40, 32)) -> Path:
+    """A people_segmentation folder of photos with nobody in them (all masks empty), like no-people."""
+    for folder in ("images", "masks", "segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    names = [f"scene{index}" for index in range(val)]
+    for index, name in enumerate(names):
+        Image.new("RGB", size, (40 * index, 90, 160)).save(root / "images" / f"{name}.jpg")
+        Image.new("L", size, 0).save(root / "masks" / f"{name}.png")
+    (root / "segmentation" / "val.txt").write_text("\n".join(names) + "\n")
+    (root / "segmentation" / "train.txt").write_text("\n".join(names) + "\n")
+    return root
 
 
 def test_evaluate_reports_each_set_and_the_mean_over_all_images(people: Path, tmp_path: Path) -> None:
     other = make_people_dataset(tmp_path / "people-other", train=1, val=3, size=(40, 32), seed=9)
     truths = [np.asarray(Image.open(pair.mask)) >= 128 for pair in pairs_for([people], "val")]
     blanks = [np.zeros((32, 40), dtype=bool)] * 3  # the people of the second set are all missed
-    predictor = ListedMasks(truths + blanks)
+    predictor = ListedMattes(truths + blanks)
     report = evaluate(predictor, [people, other])
     assert predictor.seen == [("RGB", (48, 64))] * 2 + [("RGB", (40, 32))] * 3
-    assert report["people-tiny"] == {"dice": 1.0, "iou": 1.0, "pixel_accuracy": 1.0, "images": 2}
+    tiny = report["people-tiny"]
+    assert (tiny["dice"], tiny["iou"], tiny["pixel_accuracy"], tiny["veil"], tiny["images"]) == (1.0, 1.0, 1.0, 0.0, 2)
+    assert tiny["no_person_reported"] == 0.0 and report["people-other"]["no_person_reported"] == 1.0
     assert report["people-other"]["dice"] == 0.0 and report["people-other"]["images"] == 3
     assert report["all"]["dice"] == pytest.approx(2 / 5)  # over images: (1 + 1 + 0 + 0 + 0) / 5
     assert list(report) == ["people-tiny", "people-other", "all"]
 
-    limited = evaluate(ListedMasks(truths[:1] + blanks[:1]), [people, other], limit=1)
+    limited = evaluate(ListedMattes(truths[:1] + blanks[:1]), [people, other], limit=1)
     assert [limited[name]["images"] for name in limited] == [1, 1, 2]
     lines = format_table(limited).splitlines()
-    assert lines[0].split() == ["set", "images", "Dice", "IoU", "pixel", "acc"] and lines[-1].startswith("all ")
+    assert lines[0].split()[:6] == ["set", "images", "Dice", "IoU", "pixel", "acc"] and lines[-1].startswith("all ")
+
+
+def test_evaluate_reports_a_set_with_nobody_apart(people: Path, tmp_path: Path) -> None:
+    """On photos with nobody: the share kept and how often "no person" is reported, outside the people total."""
+    nobody = make_empty_dataset(tmp_path / "no-people", val=2)
+    truths = [np.asarray(Image.open(pair.mask)) >= 128 for pair in pairs_for([people], "val")]
+    kept_quarter = np.zeros((32, 40), dtype=np.float32)
+    kept_quarter[:16, :20] = 1.0  # a quarter of the photo kept as a (wrong) person
+    report = evaluate(ListedMattes([*truths, kept_quarter, np.zeros((32, 40))]), [people, nobody])
+    assert report["no-people"]["kept"] == pytest.approx(0.125)  # (0.25 + 0) / 2
+    assert report["no-people"]["no_person_reported"] == 0.5
+    assert report["no-people"]["people"] is False and report["all"]["images"] == 2  # only the people set
+    assert "no-people" in format_table(report)
+
+
+def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:
+    from training.evaluate import outline, veil
+
+    truth = np.zeros((100, 100), dtype=bool)
+    truth[30:70, 30:70] = True
+    assert outline(truth).sum() == 4 * 40 - 4  # the square's border
+    crisp = truth.astype(np.float32)
+    assert veil(crisp, truth) == 0.0  # hard edges: no veil
+    soft_edge = crisp.copy()
+    soft_edge[29, 30:70] = 0.5  # half-transparent right at the outline: hair, edges
+    assert veil(soft_edge, truth) == 0.0
+    murky = crisp.copy()
+    murky[:10, :] = 0.5  # a grey band over the background far from the person (2% of the diagonal is 2.8 px)
+    assert veil(murky, truth) == pytest.approx(0.10)
+    murky[:10, :] = 0.95  # nearly opaque is not a veil, it is a wrong person
+    assert veil(murky, truth) == 0.0
+    nobody = np.zeros((100, 100), dtype=bool)
+    assert veil(np.full((100, 100), 0.3, dtype=np.float32), nobody) == 1.0
 
 
 def test_evaluate_names_a_photo_whose_mask_does_not_fit(people: Path, tmp_path: Path) -> None:
     root = _copy_dataset(people, tmp_path)
     Image.new("L", (64, 48)).save(root / "masks" / "0007.png")
     with pytest.raises(DatasetError, match=r"images/0007\.jpg decodes to 48x64.*masks/0007\.png is 64x48"):
-        evaluate(ListedMasks([np.zeros((64, 48), dtype=bool)] * 2), [root])
+        evaluate(ListedMattes([np.zeros((64, 48), dtype=bool)] * 2), [root])
 
 
 def test_card_names_each_data_set_with_its_terms(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as TF
 MEAN_RGB = (124, 116, 104)
 
 
-def _as_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """HWC uint8 photo and HW mask as CHW and 1HW tensors."""
     return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)[None].contiguous()
 
 
@@ -93,9 +94,7 @@ class TrainAugment:
         self, image: np.ndarray, mask: np.ndarray, partner_image: np.ndarray, partner_mask: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one pair (HWC uint8 photo, HW 0/1 mask); return CHW uint8 photo and 1HW uint8 mask."""
-        image_t, mask_t = _as_tensors(image, mask)
-        long_side = round(self.base_side * random.uniform(*self.scale_range))
-        image_t, mask_t = _resize_long_side(image_t, mask_t, long_side)
+        image_t, mask_t = self.rescale(*as_tensors(image, mask))
         if self.negative_probability and random.random() < self.negative_probability:
             image_t, mask_t = self._negative(image_t, mask_t)
         if random.random() < self.background_probability:
@@ -103,7 +102,15 @@ class TrainAugment:
             background = synthetic_background(*image_t.shape[-2:])
             image_t = (image_t * alpha + background * (1 - alpha)).round().to(torch.uint8)
         if random.random() < self.paste_probability:
-            image_t, mask_t = self._paste_person(image_t, mask_t, *_as_tensors(partner_image, partner_mask))
+            image_t, mask_t = self._paste_person(image_t, mask_t, *as_tensors(partner_image, partner_mask))
+        return self.finish(image_t, mask_t)
+
+    def rescale(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize (CHW photo, 1HW mask) to a random long side around the size the network serves at."""
+        return _resize_long_side(image, mask, round(self.base_side * random.uniform(*self.scale_range)))
+
+    def finish(self, image_t: torch.Tensor, mask_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Geometry, crop and photometric noise on a sample whose content is settled (CHW, 1HW uint8)."""
         if random.random() < self.rotate_probability:
             angle = random.uniform(-self.max_rotation, self.max_rotation)
             image_t = TF.rotate(image_t, angle, interpolation=InterpolationMode.BILINEAR, fill=list(MEAN_RGB))

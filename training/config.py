@@ -21,6 +21,9 @@ class TrainConfig:
     crop_size: int = 256
     inference_size: int = 384  # long side the predictor resizes to; training scales around it
     scale_range: tuple[float, float] = (0.55, 1.3)
+    # Share of samples drawn from each set (by folder name); empty: in proportion to their files.
+    data_weights: dict[str, float] = field(default_factory=dict)
+    composite_probability: float = 0.0  # share of samples that are composites (training/composite.py)
     augment: str = "strong"  # "strong" (ours) or "research" (crop, flips, rotation, channel shuffle, dropout)
     loss: str = "bce_dice"
     optimizer: str = "adamw"

@@ -2,7 +2,7 @@
 
 Unlike the quick validation inside the training loop, this runs exactly what the service runs: the shipped
 (or given) weights through `segmentation.predictor.Predictor` at its default settings, on photos decoded by
-`segmentation.imageio.decode_image`, scored at each photo's full resolution. Its numbers are the ones that
+`segmentation.decoding.decode_image`, scored at each photo's full resolution. Its numbers are the ones that
 `training.export --evaluate` writes into a weights card.
 """
 
@@ -13,27 +13,43 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
-from segmentation.imageio import decode_image
+from segmentation.decoding import decode_image
 from segmentation.models import MODEL_NAMES
+from segmentation.pipeline import MIN_PERSON_FRACTION
 from segmentation.predictor import Predictor
 from training.data import DatasetError, PairPath, pairs_for
 from training.metrics import MaskScores, mean_scores, score_masks
 
-ALL = "all"  # the key of the scores over every image of every set
+ALL = "all"  # the key of the scores over every photo of every set with people
+VEIL_BAND = 0.02  # semi-transparency farther than this share of the diagonal from an outline is a veil
 
 
-class MaskPredictor(Protocol):
-    """What evaluation needs of a predictor: a full-size boolean person mask for an RGB photo."""
+class MattePredictor(Protocol):
+    """What evaluation needs of a predictor: a full-size alpha matte for an RGB photo, and its threshold."""
 
-    def predict_mask(self, image: Image.Image) -> np.ndarray:
-        """The person mask, HxW bool, at the photo's size."""
+    threshold: float
+
+    def predict_alpha(self, image: Image.Image) -> np.ndarray:
+        """The alpha matte, HxW float in [0, 1], at the photo's size."""
         ...
+
+
+@dataclass(frozen=True)
+class PhotoScores:
+    """Everything measured on one photo: the mask scores, the veil, and whether a person was reported."""
+
+    masks: MaskScores
+    veil: float
+    person_found: bool  # what the service would report: a person covers at least MIN_PERSON_FRACTION
+    has_person: bool  # what the true mask says
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -42,8 +58,32 @@ def read_mask(path: Path) -> np.ndarray:
         return np.asarray(mask.convert("L")) >= 128
 
 
-def score_pair(predictor: MaskPredictor, pair: PairPath) -> MaskScores:
-    """Decode one photo as the service does, predict its mask, and score it against the true mask."""
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The person outline: mask pixels with at least one background pixel among their four neighbours."""
+    padded = np.pad(mask, 1, mode="edge")
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def veil(alpha: np.ndarray, truth: np.ndarray, band: float = VEIL_BAND) -> float:
+    """Share of the photo that is semi-transparent (alpha strictly between 10% and 90%) away from any outline.
+
+    "Away" is farther than `band` times the image diagonal from the true person outline; on a photo with
+    nobody in it every pixel is away. Soft alpha belongs on hair and edges, not over the background.
+    """
+    soft = (alpha > 0.1) & (alpha < 0.9)
+    if not soft.any():
+        return 0.0
+    edges = outline(truth)
+    if not edges.any():
+        return float(soft.mean())
+    distance = ndimage.distance_transform_edt(~edges)
+    radius = band * float(np.hypot(*truth.shape))
+    return float((soft & (distance > radius)).mean())
+
+
+def score_photo(predictor: MattePredictor, pair: PairPath) -> PhotoScores:
+    """Decode one photo as the service does, predict its matte, and score it against the true mask."""
     image = decode_image(pair.image)
     truth = read_mask(pair.mask)
     if truth.shape != (image.height, image.width):
@@ -52,19 +92,36 @@ def score_pair(predictor: MaskPredictor, pair: PairPath) -> MaskScores:
             f"size mismatch: {pair.image} decodes to {image.width}x{image.height}, "
             f"{pair.mask} is {truth.shape[1]}x{truth.shape[0]}"
         )
-    predicted = np.asarray(predictor.predict_mask(image))
-    return score_masks(predicted, truth)
+    alpha = np.asarray(predictor.predict_alpha(image), dtype=np.float32)
+    predicted = alpha >= predictor.threshold
+    return PhotoScores(
+        masks=score_masks(predicted, truth),
+        veil=veil(alpha, truth),
+        person_found=bool(predicted.mean() >= MIN_PERSON_FRACTION),
+        has_person=bool(truth.any()),
+    )
+
+
+def summarise(scores: list[PhotoScores]) -> dict[str, Any]:
+    """Means over photos: Dice, IoU, pixel accuracy, share kept, veil, and the share reported as nobody."""
+    return {
+        **mean_scores([score.masks for score in scores]),
+        "veil": float(np.mean([score.veil for score in scores])),
+        "no_person_reported": float(np.mean([not score.person_found for score in scores])),
+    }
 
 
 def evaluate(
-    predictor: MaskPredictor,
+    predictor: MattePredictor,
     roots: list[str | Path],
     split: str = "val",
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Mean Dice, IoU and pixel accuracy per set (folder name) and over all images ("all").
+    """Scores per set (folder name) and over the photos of every set with people in it ("all").
 
+    A set whose masks are all empty (photos with nobody) is reported on its own and left out of "all":
+    there the figures that matter are the share of each photo kept and how often "no person" is reported.
     limit keeps the first N pairs of each set's split list, for a quick check.
     """
     if limit is not None and limit < 1:
@@ -78,30 +135,44 @@ def evaluate(
         raise DatasetError(f"a data folder is named {ALL!r}, which the report uses for the total; rename it")
     total = sum(len(group) for group in chosen.values())
     done = 0
-    by_source: dict[str, list[MaskScores]] = {}
+    by_source: dict[str, list[PhotoScores]] = {}
+    with_people: set[str] = set()
     for source, group in chosen.items():
         for pair in group:
-            by_source.setdefault(source, []).append(score_pair(predictor, pair))
+            scores = score_photo(predictor, pair)
+            by_source.setdefault(source, []).append(scores)
+            if scores.has_person:
+                with_people.add(source)
             done += 1
             if progress is not None:
                 progress(done, total)
-    report = {source: mean_scores(scores) for source, scores in by_source.items()}
-    # Over all images, not the mean of the set means: a set weighs as much as it has photos.
-    report[ALL] = mean_scores([score for scores in by_source.values() for score in scores])
+    report: dict[str, dict[str, Any]] = {}
+    for source, scores in by_source.items():
+        report[source] = {**summarise(scores), "people": source in with_people}
+    people = [score for source in by_source if source in with_people for score in by_source[source]]
+    if people:
+        # Over photos, not the mean of the set means: a set weighs as much as it has photos.
+        report[ALL] = {**summarise(people), "people": True}
     return report
 
 
 def format_table(report: dict[str, dict[str, Any]]) -> str:
-    """The report as an aligned text table, one row per set and the total last."""
+    """The report as an aligned text table, one row per set and the people sets' total last."""
     width = max(len("set"), *(len(name) for name in report))
-    header = f"{'set':<{width}}  {'images':>6}  {'Dice':>6}  {'IoU':>6}  {'pixel acc':>9}"
+    header = (
+        f"{'set':<{width}}  {'images':>6}  {'Dice':>6}  {'IoU':>6}  {'pixel acc':>9}  {'kept':>6}  {'veil':>6}"
+        f"  {'no person':>9}"
+    )
     lines = [header, "-" * len(header)]
     names = [name for name in report if name != ALL] + ([ALL] if ALL in report else [])
     for name in names:
         if name == ALL and len(names) > 1:
             lines.append("-" * len(header))
         row = report[name]
-        scores = f"{row['dice']:>6.4f}  {row['iou']:>6.4f}  {row['pixel_accuracy']:>9.4f}"
+        scores = (
+            f"{row['dice']:>6.4f}  {row['iou']:>6.4f}  {row['pixel_accuracy']:>9.4f}  {row['kept']:>6.4f}"
+            f"  {row['veil']:>6.4f}  {row['no_person_reported']:>9.3f}"
+        )
         lines.append(f"{name:<{width}}  {row['images']:>6}  {scores}")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ import torch
 
 from segmentation.models import create_model
 from segmentation.predictor import Predictor
-from segmentation.weights import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, ModelCard, WeightsError, save_weights
+from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, ModelCard, WeightsError, save_weights
 from training.config import TrainConfig
 from training.data import DatasetError, pairs_for
 from training.evaluate import evaluate, evaluation_command, format_table, positive_int
@@ -178,6 +178,7 @@ def export(
     except RuntimeError as error:
         raise ExportError(f"{checkpoint_path} does not fit the {card.architecture!r} architecture: {error}") from None
     model.eval()
+    card.output_stride = getattr(model, "output_stride", None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as staging:

@@ -14,6 +14,7 @@ class MaskScores:
     dice: float
     iou: float
     pixel_accuracy: float
+    kept: float = 0.0  # share of the photo predicted as person (on photos with nobody: what should be 0)
 
 
 def score_masks(predicted: np.ndarray, target: np.ndarray) -> MaskScores:
@@ -27,7 +28,7 @@ def score_masks(predicted: np.ndarray, target: np.ndarray) -> MaskScores:
     dice = 1.0 if total == 0 else 2.0 * intersection / total
     iou = 1.0 if union == 0 else intersection / union
     accuracy = (predicted == target).mean()
-    return MaskScores(float(dice), float(iou), float(accuracy))
+    return MaskScores(float(dice), float(iou), float(accuracy), float(predicted.mean()))
 
 
 def mean_scores(scores: list[MaskScores]) -> dict[str, float]:
@@ -38,5 +39,6 @@ def mean_scores(scores: list[MaskScores]) -> dict[str, float]:
         "dice": float(np.mean([s.dice for s in scores])),
         "iou": float(np.mean([s.iou for s in scores])),
         "pixel_accuracy": float(np.mean([s.pixel_accuracy for s in scores])),
+        "kept": float(np.mean([s.kept for s in scores])),
         "images": len(scores),
     }

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segmentation.models import create_model
-from segmentation.weights import IMAGENET_MEAN, IMAGENET_STD, load_state
-from training.augment import build_augment
+from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_state
+from training.augment import as_tensors, build_augment
+from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
 from training.data import InMemoryPairs, pairs_for
 from training.losses import LOSSES
@@ -30,30 +31,65 @@ from training.metrics import mean_scores, score_masks
 
 
 class ResumableSampler(Sampler):
-    """An endless stream of (index, seed): a fresh permutation per epoch, each sample with its own seed.
+    """An endless stream of (index, seed): a fresh draw per epoch, each sample with its own seed.
 
-    Both depend only on the run's seed and the sample's position in the stream, so a resumed run sees
-    exactly the samples and augmentations the uninterrupted run would have seen.
+    Without weights an epoch is a permutation; with per-item weights it is `size` draws with
+    replacement in proportion to them. Both depend only on the run's seed and the sample's position
+    in the stream, so a resumed run sees exactly the samples and augmentations the uninterrupted run
+    would have seen.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0, weights: list[float] | None = None) -> None:
         self.size, self.seed, self.start = size, seed, start
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
 
     def __iter__(self):
         position = self.start
         while True:
             epoch, offset = divmod(position, self.size)
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            if self.weights is None:
+                order = torch.randperm(self.size, generator=generator)
+            else:
+                order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
             for index in order[offset:].tolist():
                 yield index, self.seed * 1_000_003 + position
                 position += 1
 
 
-class SeededSamples(Dataset):
-    """Wraps the augmented pairs so that each sample's randomness comes from its own seed."""
+def sampling_weights(pairs: list, set_weights: dict[str, float]) -> list[float] | None:
+    """Per-pair weights so that each set is drawn with its given share (None: every pair alike)."""
+    if not set_weights:
+        return None
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair.source] = counts.get(pair.source, 0) + 1
+    if set(counts) != set(set_weights):
+        raise ValueError(
+            f"data_weights must name every training set exactly: sets {sorted(counts)}, "
+            f"weights for {sorted(set_weights)}"
+        )
+    if any(weight < 0 for weight in set_weights.values()) or not any(set_weights.values()):
+        raise ValueError("data_weights must be non-negative and not all zero")
+    return [set_weights[pair.source] / counts[pair.source] for pair in pairs]
 
-    def __init__(self, data: InMemoryPairs, augment) -> None:
+
+class SeededSamples(Dataset):
+    """Wraps the augmented pairs so that each sample's randomness comes from its own seed.
+
+    With composite_probability, that share of samples is a composite instead: people cut from the
+    labelled photos pasted onto a real scene (a person-free photo, a person-free crop, or a people photo).
+    """
+
+    def __init__(self, data: InMemoryPairs, augment, composite_probability: float = 0.0) -> None:
         self.data, self.augment = data, augment
+        self.composite_probability = composite_probability
+        self.compositor = Compositor()
+        # Donors: photos whose people cover at least 1% of the frame (smaller ones cut out as specks).
+        self.donors = [i for i, mask in enumerate(data.masks) if mask.mean() >= 0.01]
+        self.empty = [i for i, mask in enumerate(data.masks) if not mask.any()]
+        if composite_probability and not self.donors:
+            raise ValueError("composites need photos with people in the training data")
 
     def __len__(self) -> int:
         return len(self.data)
@@ -64,12 +100,36 @@ class SeededSamples(Dataset):
         random.seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            partner = random.randrange(len(self.data))
-            sample = self.augment(
-                self.data.images[index], self.data.masks[index], self.data.images[partner], self.data.masks[partner]
-            )
+            if self.composite_probability and random.random() < self.composite_probability:
+                sample = self.composite()
+            else:
+                partner = random.randrange(len(self.data))
+                sample = self.augment(
+                    self.data.images[index], self.data.masks[index], self.data.images[partner], self.data.masks[partner]
+                )
         random.setstate(state)
         return sample
+
+    def composite(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One to six people on a real background, then the usual geometry and photometric noise."""
+        images, masks = self.data.images, self.data.masks
+        choice = random.random()
+        if self.empty and choice < 0.5:  # a scene with nobody in it
+            index = random.choice(self.empty)
+            background, background_mask = as_tensors(images[index], masks[index])
+        else:
+            index = random.randrange(len(self.data))
+            background, background_mask = as_tensors(images[index], masks[index])
+            crop = person_free_crop(background, background_mask) if choice < 0.75 else None
+            if crop is not None:
+                background, background_mask = (
+                    crop,
+                    torch.zeros_like(background_mask[:, : crop.shape[1], : crop.shape[2]]),
+                )
+        background, background_mask = self.augment.rescale(background, background_mask)
+        donors = [cut_out(images[i], masks[i]) for i in random.choices(self.donors, k=people_count())]
+        image, mask = self.compositor(background, background_mask, [d for d in donors if d is not None])
+        return self.augment.finish(image, mask)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -105,6 +165,7 @@ def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, d
     """
     model.eval()
     by_source: dict[str, list] = {}
+    with_people: set[str] = set()
     for pair, image, mask in zip(data.pairs, data.images, data.masks, strict=True):
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
         height, width = image.shape[:2]
@@ -118,9 +179,15 @@ def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, d
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         predicted = (logits[0, 0] > 0).cpu().numpy()
         by_source.setdefault(pair.source, []).append(score_masks(predicted, mask))
+        if mask.any():
+            with_people.add(pair.source)
     model.train()
     report = {source: mean_scores(scores) for source, scores in by_source.items()}
     report["all"] = mean_scores([s for scores in by_source.values() for s in scores])
+    # What picks the best checkpoint: each set weighs the same, so the small varied sets count as much as
+    # the large simple ones; on a set with nobody in it the score is the share of the photo left out.
+    per_set = [report[s]["dice"] if s in with_people else 1 - report[s]["kept"] for s in by_source]
+    report["all"]["selection"] = float(np.mean(per_set))
     return report
 
 
@@ -178,7 +245,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: 
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
-        "best_dice": best,
+        "best_selection": best,
         "rng": {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
@@ -262,7 +329,7 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        step, best = checkpoint["step"], checkpoint["best_dice"]
+        step, best = checkpoint["step"], checkpoint.get("best_selection", -1.0)
         random.setstate(checkpoint["rng"]["python"])
         np.random.set_state(checkpoint["rng"]["numpy"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -272,9 +339,10 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
         log(f"resumed from {checkpoint_path} at step {step}")
 
     augment = build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
+    weights = sampling_weights(train_data.pairs, config.data_weights)
     loader = DataLoader(
-        SeededSamples(train_data, augment),
-        sampler=ResumableSampler(len(train_data), config.seed, start=step * config.batch_size),
+        SeededSamples(train_data, augment, config.composite_probability),
+        sampler=ResumableSampler(len(train_data), config.seed, start=step * config.batch_size, weights=weights),
         batch_size=config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
@@ -328,11 +396,17 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
                 report = validate(model, val_data, config, device)
                 metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
                 metrics_log.flush()
-                log("val " + "  ".join(f"{k} dice {v['dice']:.4f}" for k, v in report.items()))
+                log(
+                    "val "
+                    + "  ".join(
+                        f"{k} dice {v['dice']:.4f} iou {v['iou']:.4f} kept {v['kept']:.3f}" for k, v in report.items()
+                    )
+                    + f"  selection {report['all']['selection']:.4f}"
+                )
                 save_preview(model, val_data, config, device, out_dir / f"preview-{step:06d}.png")
                 plot_curves(log_path, out_dir / "curves.png")
-                if report["all"]["dice"] > best:
-                    best = report["all"]["dice"]
+                if report["all"]["selection"] > best:
+                    best = report["all"]["selection"]
                     torch.save(
                         {"config": config.to_dict(), "model": model.state_dict(), "step": step, "metrics": report},
                         out_dir / "best.pt",

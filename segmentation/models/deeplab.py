@@ -65,11 +65,29 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
+def dilate_last_stage(stage: nn.Sequential, dilation: int = 2) -> None:
+    """Run a ResNet stage of BasicBlocks at stride 1 with dilated 3x3 convs, as DeepLabV3 does.
+
+    torchvision's replace_stride_with_dilation refuses BasicBlock, so the convolutions are set here.
+    Only strides, dilations and paddings change: the weights keep their shapes.
+    """
+    first = stage[0]
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    # As torchvision does for Bottleneck stages: the first conv keeps the previous dilation (1).
+    convs = [first.conv2] + [conv for block in stage[1:] for conv in (block.conv1, block.conv2)]
+    for conv in convs:
+        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+
+
 class ResNet18Encoder(nn.Module):
     """torchvision's ResNet18 without its pooling and fully connected layers; returns layer1 and layer4."""
 
-    def __init__(self, weights_path: str | Path | None = None) -> None:
+    def __init__(self, weights_path: str | Path | None = None, output_stride: int = 16) -> None:
         super().__init__()
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, not {output_stride}")
         backbone = resnet18(weights=None)
         if weights_path is not None:
             # ImageNet weights only from a local file: nothing is ever downloaded.
@@ -78,6 +96,8 @@ class ResNet18Encoder(nn.Module):
         self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
         self.layer1, self.layer2 = backbone.layer1, backbone.layer2
         self.layer3, self.layer4 = backbone.layer3, backbone.layer4
+        if output_stride == 16:
+            dilate_last_stage(self.layer4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low_level = self.layer1(self.stem(x))
@@ -103,9 +123,12 @@ class DeepLabDecoder(nn.Module):
 class DeepLabV3ResNet18(nn.Module):
     """DeepLabV3 with a ResNet18 encoder, ASPP, a low-level decoder with SE; outputs one logit map."""
 
-    def __init__(self, num_classes: int = 1, backbone_weights: str | Path | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 1, backbone_weights: str | Path | None = None, output_stride: int = 16
+    ) -> None:
         super().__init__()
-        self.encoder = ResNet18Encoder(backbone_weights)
+        self.output_stride = output_stride
+        self.encoder = ResNet18Encoder(backbone_weights, output_stride)
         self.aspp = ASPP(512)
         self.decoder = DeepLabDecoder()
         self.head = nn.Conv2d(256, num_classes, kernel_size=1)

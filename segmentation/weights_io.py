@@ -37,6 +37,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parameters: int = 0
+    output_stride: int | None = None  # DeepLab's encoder stride the weights were trained at; None: the default
 
     def to_json(self) -> str:
         """The card as indented JSON."""
@@ -110,6 +111,6 @@ def load_model(name: str, directory: Path = WEIGHTS_DIR) -> tuple[nn.Module, Mod
     if name not in MODEL_NAMES:
         raise WeightsError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     card = read_card(name, directory)
-    model = create_model(name)
+    model = create_model(name, output_stride=card.output_stride)
     load_state(name, model, weights_paths(name, directory)[0])
     return model.eval(), card

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from segmentation.imageio import (
+from segmentation.decoding import (
     DEFAULT_MAX_PIXELS,
     ImageTooLargeError,
     InputImageError,

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from segmentation.models import MODEL_NAMES, create_model
-from segmentation.weights import ModelCard, WeightsError, load_model, read_card, save_weights, weights_paths
+from segmentation.weights_io import ModelCard, WeightsError, load_model, read_card, save_weights, weights_paths
 
 
 def _copy(source_dir: Path, target_dir: Path, *files: str) -> Path:
