@@ -54,12 +54,16 @@ class Predictor:
         tensor = F.pad(tensor, [0, (-width) % 32, 0, (-height) % 32])
         if self.card.flip_average:  # one batch of two: the photo and its mirror image
             tensor = torch.cat([tensor, tensor.flip(-1)])
+        # The model's own device: training validates through this same path, on a GPU where it has one.
+        parameter = next(self.model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        tensor = tensor.to(device)
         if self.fast:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if self.fast else nullcontext()
+        context = torch.autocast(device.type, dtype=torch.bfloat16) if self.fast else nullcontext()
         with context:
             logits = self.model(tensor)
-        probabilities = torch.sigmoid(logits.float())
+        probabilities = torch.sigmoid(logits.float()).cpu()
         if self.card.flip_average:
             probabilities = (probabilities[:1] + probabilities[1:].flip(-1)) / 2
         probability = probabilities[0, 0, :height, :width]

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segmentation.cpu import cpu_supports_bf16
 from segmentation.models import create_model
-from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_state
+from segmentation.predictor import Predictor
+from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_state
 from training.augment import as_tensors, build_augment
 from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
@@ -156,28 +158,29 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
-@torch.inference_mode()
-def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig, device: torch.device) -> dict:
-    """Dice, IoU and pixel accuracy per set and over all, preprocessed as the production predictor does.
+def validation_predictor(model: torch.nn.Module, config: TrainConfig) -> Predictor:
+    """The production predictor around the model being trained, so validation measures what would ship."""
+    card = ModelCard(architecture=config.model, inference_size=config.inference_size)
+    fast = model_device(model).type == "cuda" or cpu_supports_bf16()
+    return Predictor(model, card, fast=fast)
 
-    Long side to the inference size with the aspect kept, zero padding (after normalising) to a multiple
-    of 32, predict, crop the padding, upsample to the mask; only the guided refinement is left out.
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device the model's weights are on."""
+    return next(model.parameters()).device
+
+
+def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig) -> dict:
+    """Dice, IoU, pixel accuracy and share kept per set and over all, through the production predictor.
+
+    The predictor's own resize, padding, normalisation and edge refinement at the photo's resolution;
+    only the test-time flip a card may add is left out.
     """
-    model.eval()
+    predictor = validation_predictor(model, config)
     by_source: dict[str, list] = {}
     with_people: set[str] = set()
     for pair, image, mask in zip(data.pairs, data.images, data.masks, strict=True):
-        tensor = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-        height, width = image.shape[:2]
-        scale = config.inference_size / max(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        resized = F.interpolate(tensor.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-        batch = F.pad(normalise(resized), [0, (-size[1]) % 32, 0, (-size[0]) % 32])
-        with autocast_for(device):
-            logits = model(batch.contiguous(memory_format=torch.channels_last))
-        logits = logits[..., : size[0], : size[1]].float()
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        predicted = (logits[0, 0] > 0).cpu().numpy()
+        predicted = predictor.predict_alpha(Image.fromarray(image)) >= predictor.threshold
         by_source.setdefault(pair.source, []).append(score_masks(predicted, mask))
         if mask.any():
             with_people.add(pair.source)
@@ -393,7 +396,7 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
                 window_loss, window_images, window_start = 0.0, 0, time.monotonic()
 
             if step % eval_every == 0 or step == config.steps:
-                report = validate(model, val_data, config, device)
+                report = validate(model, val_data, config)
                 metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
                 metrics_log.flush()
                 log(
