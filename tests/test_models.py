@@ -125,3 +125,32 @@ def test_backbone_weights_of_another_network_are_refused(tmp_path: Path) -> None
 def test_unet_refuses_backbone_weights(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="deeplab"):
         create_model("unet", backbone_weights=tmp_path / "resnet18.pth")
+
+
+def test_deeplab_encoder_runs_at_output_stride_16_with_the_shapes_of_stride_32() -> None:
+    """Dilation changes strides and paddings only: weights trained at stride 32 load into stride 16."""
+    dilated, plain = create_model("deeplab"), create_model("deeplab", output_stride=32)
+    assert {k: v.shape for k, v in dilated.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    dilated.load_state_dict(plain.state_dict())
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        _, deep16 = dilated.eval().encoder(image)
+        _, deep32 = plain.eval().encoder(image)
+    assert deep16.shape[-2:] == (4, 6) and deep32.shape[-2:] == (2, 3)
+    layer4 = dilated.encoder.layer4
+    assert layer4[0].conv1.stride == (1, 1) and layer4[0].downsample[0].stride == (1, 1)
+    assert layer4[1].conv2.dilation == (2, 2) and layer4[1].conv2.padding == (2, 2)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (61, 29)])
+def test_deeplab_at_output_stride_16_keeps_odd_input_sizes(size: tuple[int, int]) -> None:
+    model = create_model("deeplab").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 1, *size)
+
+
+def test_output_stride_is_checked() -> None:
+    with pytest.raises(ValueError, match="output_stride"):
+        create_model("deeplab", output_stride=8)
+    with pytest.raises(ValueError, match="deeplab"):
+        create_model("unet", output_stride=32)

@@ -22,15 +22,16 @@ import training.train as train_module
 from segmentation.models import create_model
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
 from training.augment import MEAN_RGB, build_augment
+from training.composite import Compositor, cut_out
 from training.config import TrainConfig
-from training.data import DatasetError, InMemoryPairs, find_pairs, load_pair, pairs_for
+from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for
 from training.evaluate import evaluate, format_table
 from training.evaluate import main as evaluate_main
 from training.export import ExportError, dataset_entry, export
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
-from training.train import ResumableSampler, SeededSamples, train
+from training.train import ResumableSampler, SeededSamples, sampling_weights, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 PEOPLE_TRAIN_PAIRS = 902 + 1341 + 1289  # people-ccp, people-picsart, people-portraits train splits
@@ -261,6 +262,54 @@ def test_seeded_samples_repeat_for_the_same_seed(people: Path) -> None:
     first, again, other = samples[(1, 77)], samples[(1, 77)], samples[(1, 78)]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
+
+
+def test_weighted_sampler_draws_each_set_in_its_share_and_restarts_exactly() -> None:
+    pairs = [PairPath(Path(f"{i}.jpg"), Path(f"{i}.png"), "big") for i in range(90)]
+    pairs += [PairPath(Path(f"s{i}.jpg"), Path(f"s{i}.png"), "small") for i in range(10)]
+    weights = sampling_weights(pairs, {"big": 0.25, "small": 0.75})
+    sampler = ResumableSampler(size=len(pairs), seed=3, weights=weights)
+    stream = [index for (index, _), _ in zip(sampler, range(4000), strict=False)]
+    small_share = np.mean([index >= 90 for index in stream])
+    assert 0.72 < small_share < 0.78  # 10% of the files, 75% of the samples
+    resumed = ResumableSampler(size=len(pairs), seed=3, start=1234, weights=weights)
+    assert [index for (index, _), _ in zip(resumed, range(100), strict=False)] == stream[1234:1334]
+    with pytest.raises(ValueError, match="every training set"):
+        sampling_weights(pairs, {"big": 1.0})
+    assert sampling_weights(pairs, {}) is None
+
+
+def test_composite_mask_is_exactly_the_union_of_the_pasted_people() -> None:
+    """Drawn shapes in flat colours: inside the label only person colours, outside it only the background."""
+    random.seed(5)
+    background = torch.zeros(3, 120, 160, dtype=torch.uint8)
+    background[2] = 200  # blue scene with nobody
+    donors = []
+    for colour in ((255, 0, 0), (0, 255, 0), (255, 255, 0)):
+        image = np.zeros((60, 40, 3), dtype=np.uint8)
+        mask = np.zeros((60, 40), dtype=np.uint8)
+        mask[10:50, 8:32] = 1
+        image[mask == 1] = colour
+        donors.append(cut_out(image, mask, margin=0))
+    compositor = Compositor(min_height_fraction=0.2, max_height_fraction=0.5, match_probability=0.0)
+    image, mask = compositor(background, torch.zeros(1, 120, 160, dtype=torch.uint8), donors)
+    assert mask.sum() > 0
+    inside, outside = image[:, mask[0] == 1], image[:, mask[0] == 0]
+    assert (inside[2] == 0).all()  # every labelled pixel is a person's colour (no blue)
+    far = F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0, 0] == 0  # off the one-pixel feather
+    assert (image[:, far] == torch.tensor([0, 0, 200], dtype=torch.uint8)[:, None]).all()
+    assert outside.shape[1] == int((mask[0] == 0).sum())
+
+
+def test_composites_start_from_real_backgrounds_and_keep_the_crop_size(people: Path, tmp_path: Path) -> None:
+    nobody = make_empty_dataset(tmp_path / "no-people", val=2, size=(64, 48))
+    data = InMemoryPairs(pairs_for([people, nobody], "train"), max_side=64)
+    samples = SeededSamples(data, build_augment("strong", 48, 48, (0.8, 1.2)), composite_probability=1.0)
+    assert samples.empty and samples.donors
+    for seed in range(8):
+        image, mask = samples[(0, seed)]
+        assert image.shape == (3, 48, 48) and mask.shape == (1, 48, 48) and set(mask.unique().tolist()) <= {0, 1}
+    assert torch.equal(samples[(0, 3)][0], samples[(0, 3)][0])  # reproducible from the sample's seed
 
 
 def test_main_appends_each_command_line(people: Path, tmp_path: Path) -> None:
