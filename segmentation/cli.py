@@ -8,14 +8,12 @@ from pathlib import Path
 
 from PIL import ImageColor
 
-from segmentation.decoding import DEFAULT_MAX_PIXELS, InputImageError
+from segmentation.decoding import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputImageError
 from segmentation.models import MODEL_NAMES
 from segmentation.pipeline import remove_background
 from segmentation.predictor import Predictor
 from segmentation.rendering import RenderOptions
 from segmentation.weights_io import WEIGHTS_DIR, WeightsError, read_card
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
 
 
 def _colour(text: str) -> tuple[int, int, int]:
@@ -31,7 +29,7 @@ def _inputs(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             found.append(path)
     return found

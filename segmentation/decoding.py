@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # 40 megapixels covers every phone camera; a 100-megapixel upload is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -18,6 +21,25 @@ try:  # HEIC/HEIF (iPhone photos) when the optional pillow-heif plugin is instal
     register_heif_opener()
 except ImportError:  # pragma: no cover - depends on the environment
     pass
+
+
+def _openable_extensions() -> frozenset[str]:
+    """File suffixes (lower case, with the dot) of the formats this Pillow can open and decode.
+
+    Pillow's registry, filtered to formats with an opener; stub formats (BUFR, GRIB, HDF5, WMF) open only
+    with an external handler, so they are left out.
+    """
+    Image.init()  # import every plugin, so that OPEN and the extension registry are complete
+    openers = {
+        name
+        for name, (factory, _accept) in Image.OPEN.items()
+        if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    }
+    return frozenset(suffix.lower() for suffix, name in Image.registered_extensions().items() if name in openers)
+
+
+# Every suffix a folder of photos may hold (HEIC/HEIF included where pillow-heif registered itself above).
+IMAGE_EXTENSIONS: frozenset[str] = _openable_extensions()
 
 
 class InputImageError(ValueError):
@@ -68,35 +90,55 @@ _UPRIGHT = {
 }
 
 
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag, or None when absent or unreadable (damaged metadata never refuses a photo)."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # metadata only: any parsing failure means "no usable orientation"
+        return None
+    return orientation if isinstance(orientation, int) else None
+
+
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation. A damaged EXIF block leaves the photo as stored rather than refusing it.
 
     ImageOps.exif_transpose re-serialises the whole EXIF block, which raises struct.error or TypeError on
     damaged tags; only the orientation matters here, so it is read and applied directly.
     """
-    try:
-        orientation = image.getexif().get(0x0112)
-    except Exception:  # metadata only: any parsing failure means "no usable orientation"
-        return image
-    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    method = _UPRIGHT.get(_orientation(image))
     return image.transpose(method) if method is not None else image
 
 
-def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode bytes, a file or a path into an upright RGB image, checking the pixel count before decoding."""
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header of an image says: its format and its upright size (EXIF orientation applied)."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        """The number of pixels decoding would produce."""
+        return self.width * self.height
+
+
+def _as_source(source: bytes | BinaryIO | str | Path) -> BinaryIO | str | Path:
+    """Bytes become a file object; empty bytes are refused here, before Pillow sees them."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise UnsupportedImageError("the file is empty")
-        source = io.BytesIO(source)
+        return io.BytesIO(source)
+    return source
+
+
+@contextmanager
+def _input_errors(source: object, max_pixels: int) -> Iterator[None]:
+    """Translate whatever Pillow raises on bad input into this module's specific, user-safe errors."""
     try:
-        # open() reads only the header; the pixel count is checked before any pixel is decoded.
-        # (No warnings filter here: it is process-global and not thread-safe with several workers.)
-        with Image.open(source) as image:  # closes the file on every path; the result below is a new image
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(width * height, max_pixels)
-            image.load()
-            return _to_rgb(_upright(image))
+        yield
+    except InputImageError:
+        raise
     except Image.DecompressionBombError:
         # Pillow's own bomb check (past ~179 MP) fires inside open(), before the size is known to us.
         raise ImageTooLargeError(None, max_pixels) from None
@@ -108,7 +150,39 @@ def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEF
         raise UnsupportedImageError(f"{source} is a folder, not an image") from None
     except PermissionError:
         raise UnsupportedImageError(f"cannot read {source}: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as error:  # RuntimeError: corrupt AVIF
-        if isinstance(error, InputImageError):
-            raise
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError):  # RuntimeError: corrupt AVIF
         raise UnsupportedImageError("the image is corrupt or truncated and cannot be decoded") from None
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(width * height, max_pixels)
+
+
+def read_header(data: bytes | BinaryIO | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Read the format and upright size from the header alone (no pixel is decoded), with decode_image's errors.
+
+    Cheap enough to run before an upload is queued: an undecodable or oversized file is refused at once.
+    A file whose header is fine but whose pixels are damaged passes here and fails later in decode_image.
+    """
+    source = _as_source(data)
+    with _input_errors(data, max_pixels), Image.open(source) as image:  # lazy: reads the header only
+        width, height = image.size
+        _check_pixels(width, height, max_pixels)
+        # A PNG's eXIf chunk may follow the pixel data: Pillow would decode the pixels to reach it.
+        lazy_exif = image.format != "PNG" or "exif" in image.info
+        if lazy_exif and _orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+            width, height = height, width
+        return ImageHeader(format=image.format or "unknown", width=width, height=height)
+
+
+def decode_image(source: bytes | BinaryIO | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes, a file or a path into an upright RGB image, checking the pixel count before decoding."""
+    opened = _as_source(source)
+    # open() reads only the header; the pixel count is checked before any pixel is decoded.
+    # (No warnings filter here: it is process-global and not thread-safe with several workers.)
+    # Image.open closes the file on every path; the result below is a new image.
+    with _input_errors(source, max_pixels), Image.open(opened) as image:
+        _check_pixels(*image.size, max_pixels)
+        image.load()
+        return _to_rgb(_upright(image))

@@ -15,10 +15,13 @@ from PIL import Image, ImageFile, features
 
 from segmentation.decoding import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageHeader,
     ImageTooLargeError,
     InputImageError,
     UnsupportedImageError,
     decode_image,
+    read_header,
 )
 
 SIZE = (7, 5)  # odd and not square, so a transposed size would show
@@ -361,3 +364,57 @@ def test_real_large_image_over_the_default_limit_is_refused() -> None:
     data = encode(Image.new("1", (9000, 5000)), "PNG")
     with pytest.raises(ImageTooLargeError, match=re.escape("45.0 megapixels; the limit is 40 megapixels")):
         decode_image(data)
+
+
+def test_read_header_gives_format_and_size_without_decoding(no_decoding: None) -> None:
+    header = read_header(encode(Image.new("RGB", (40, 30), (1, 2, 3)), "PNG"))
+    assert header == ImageHeader(format="PNG", width=40, height=30)
+    assert header.pixels == 1200
+    gif = read_header(encode(_palette_image(False), "GIF"))
+    assert (gif.format, gif.width, gif.height) == ("GIF", *SIZE)
+
+
+def test_read_header_applies_a_quarter_turn_from_exif() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.new("RGB", (64, 32)), "JPEG", exif=exif.tobytes())
+    assert read_header(data) == ImageHeader(format="JPEG", width=32, height=64)
+    assert read_header(data).width == decode_image(data).width  # the header agrees with decoding
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        pytest.param(b"", UnsupportedImageError, "the file is empty", id="empty"),
+        pytest.param(b"Dear bot,\nplease remove my background.\n", UnsupportedImageError, "not an image", id="text"),
+        pytest.param(_png_header_claiming(8000, 6000), ImageTooLargeError, "48.0 megapixels", id="over-limit"),
+        pytest.param(_png_header_claiming(100_000, 100_000), ImageTooLargeError, "more megapixels", id="bomb"),
+        pytest.param(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", UnsupportedImageError, "corrupt or truncated", id="cut-header"),
+    ],
+)
+def test_read_header_refuses_like_decode_image(
+    no_decoding: None, data: bytes, error: type[InputImageError], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        read_header(data)
+    with pytest.raises(error, match=message):
+        decode_image(data)
+
+
+def test_read_header_honours_the_limit_and_reads_paths(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    path.write_bytes(encode(Image.new("L", (100, 50)), "PNG"))
+    assert read_header(path, max_pixels=5000).pixels == 5000
+    with pytest.raises(ImageTooLargeError):
+        read_header(path, max_pixels=4999)
+    with pytest.raises(UnsupportedImageError, match="no such file"):
+        read_header(tmp_path / "missing.png")
+
+
+def test_image_extensions_come_from_pillows_registry() -> None:
+    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} <= IMAGE_EXTENSIONS
+    assert ".pdf" not in IMAGE_EXTENSIONS  # Pillow writes PDF but cannot open it
+    assert ".h5" not in IMAGE_EXTENSIONS  # a stub format: it needs an external handler
+    if features.check("avif"):
+        assert ".avif" in IMAGE_EXTENSIONS
+    assert all(suffix.startswith(".") and suffix == suffix.lower() for suffix in IMAGE_EXTENSIONS)
