@@ -774,3 +774,27 @@ def test_export_refuses_what_is_not_a_matching_checkpoint(trained_run: Path, tmp
     with pytest.raises(ExportError, match=r"mislabelled\.pt does not fit the 'unet' architecture"):
         export(tmp_path / "mislabelled.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cards_add_up_the_training_behind_them(tmp_path: Path) -> None:
+    from training.export import cumulative_training, run_hours
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [("train", 30.0), ("val", None), ("train", 60.0), ("train", 12.0), ("train", 18.0)]  # resumed once
+    lines = [json.dumps({"kind": k, "step": i, **({"minutes": m} if m else {})}) for i, (k, m) in enumerate(records)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert run_hours(run) == pytest.approx(78 / 60, abs=0.01)
+
+    shipped = tmp_path / "weights" / "deeplab.safetensors"
+    shipped.parent.mkdir()
+    earlier = {"samples_seen": 1000, "hours": 2.0, "data": ["people-ccp"]}
+    shipped.with_suffix(".json").write_text(json.dumps({"training": {"cumulative": earlier, "config": {}}}))
+    config = TrainConfig(data=["x/people-coco"], out_dir=str(run), init_from=str(shipped))
+    total = cumulative_training(config, samples=800, hours=1.5)
+    assert (total["samples_seen"], total["hours"], total["data"]) == (1800, 3.5, ["people-ccp", "people-coco"])
+
+    # Exported again from the same run, over the card it wrote: counted once, not twice.
+    shipped.with_suffix(".json").write_text(json.dumps({"training": {"cumulative": total, "config": config.to_dict()}}))
+    again = cumulative_training(config, samples=800, hours=1.5)
+    assert again["samples_seen"] == 1800 and again["hours"] == 3.5

@@ -10,6 +10,7 @@ reproduced with the command it names.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -115,6 +116,44 @@ def training_commands(run_dir: Path) -> list[str]:
     return commands
 
 
+def run_hours(run_dir: Path) -> float | None:
+    """Wall-clock hours of training in a run, summed over its resumes, from its metrics log."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    minutes, segment = 0.0, 0.0
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("kind") != "train":
+            continue
+        if record["minutes"] < segment:  # a resume restarts the clock
+            minutes += segment
+        segment = record["minutes"]
+    return round((minutes + segment) / 60, 2)
+
+
+def cumulative_training(config: TrainConfig, samples: int, hours: float | None) -> dict[str, Any]:
+    """Samples, hours and data over every run behind these weights: this one plus the card it started from.
+
+    A re-export of the same run reads what came before it from the card it is replacing, not that card's total.
+    """
+    earlier: dict[str, Any] = {"samples_seen": 0, "hours": 0.0, "data": []}
+    init_card = Path(config.init_from).with_suffix(".json") if config.init_from.endswith(".safetensors") else None
+    if init_card is not None and init_card.is_file():
+        previous = json.loads(init_card.read_text()).get("training", {})
+        total = previous.get("cumulative", {})
+        same_run = previous.get("config", {}).get("out_dir") == config.out_dir
+        earlier = total.get("earlier", earlier) if same_run else total or earlier
+    data = sorted({*earlier.get("data", []), *(Path(folder).name for folder in config.data)})
+    known_hours = hours is not None and earlier.get("hours") is not None
+    return {
+        "samples_seen": earlier.get("samples_seen", 0) + samples,
+        "hours": round(earlier["hours"] + hours, 2) if known_hours else None,
+        "data": data,
+        "earlier": {key: earlier.get(key) for key in ("samples_seen", "hours", "data")},
+    }
+
+
 def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     """The card of a checkpoint: architecture, input, normalisation, data, command and training facts."""
     config = TrainConfig.from_dict(checkpoint["config"])
@@ -135,6 +174,7 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     if "metrics" in checkpoint:
         # training.train's own quick check (plain resize, no edge refinement), kept apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]
+    training["cumulative"] = cumulative_training(config, samples, run_hours(checkpoint_path.parent))
     training["config"] = config.to_dict()
     return ModelCard(
         architecture=config.model,
