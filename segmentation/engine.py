@@ -1,26 +1,30 @@
 """The asyncio inference engine: a bounded queue in front of a pool of inference threads.
 
 `await engine.submit(data, model=...)` is the whole interface; a deployment that outgrows one
-machine can put a distributed serving engine behind the same call.
+machine can put a distributed serving engine behind the same call. A caller that must do work
+before it has the photo (a download) takes its place first: `async with engine.reserve() as place:`
+refuses at once when the queue is full, and `await place.submit(...)` uses the reserved slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import enum
+import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from segmentation import MODEL_NAMES
+from segmentation.cpu import configure_torch_threads
 from segmentation.decoding import DEFAULT_MAX_PIXELS
 from segmentation.pipeline import RemovalResult, remove_background
 from segmentation.predictor import Predictor
@@ -35,6 +39,7 @@ __all__ = [
     "QueueFullError",
     "RemovalResult",
     "RequestTimeoutError",
+    "Reservation",
 ]
 
 
@@ -62,8 +67,15 @@ class EngineConfig:
     workers: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
     weights_dir: Path | None = None  # None: the weights shipped inside the package
-    torch_threads: int = 0  # 0: the machine's cores shared evenly between the workers
+    torch_threads: int = 0  # 0: the cores this process may use, shared evenly between the workers
     fast: bool | None = None  # bf16 + channels_last; None: where the CPU supports bf16
+
+
+class _JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ABANDONED = "abandoned"  # its caller went away (cancelled, timed out) before a worker took it
+    DONE = "done"
 
 
 @dataclass
@@ -72,7 +84,99 @@ class _Job:
     model: str
     options: RenderOptions
     future: asyncio.Future
+    state: _JobState = _JobState.QUEUED
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+class _DaemonThreadPool(Executor):
+    """A fixed pool of daemon threads: unlike ThreadPoolExecutor, the interpreter does not join them at exit.
+
+    A running inference cannot be interrupted; with daemon threads a bounded shutdown stays bounded even
+    when one is still busy, instead of the process hanging in its exit until the photo is done.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def busy(self) -> int:
+        """Threads running a call right now."""
+        return self._busy
+
+    def _serve(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            future, function, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:
+                future.set_exception(error)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run function(*args) on a pool thread."""
+        future: Future = Future()
+        self._tasks.put((future, (lambda: function(*args, **kwargs)) if kwargs else function, () if kwargs else args))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let each thread finish its current call and end; waits for that only when asked to."""
+        for _ in self._threads:
+            self._tasks.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+class Reservation:
+    """A place in the engine's queue, held before the photo is at hand (e.g. while it downloads).
+
+    Use it as an async context manager: leaving the block gives the place back unless `submit` used it.
+    """
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self._engine = engine
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        """Whether the place is still reserved (neither used by submit nor released)."""
+        return self._held
+
+    async def submit(
+        self, data: bytes, *, model: str = "deeplab", options: RenderOptions | None = None, timeout: float | None = None
+    ) -> RemovalResult:
+        """Queue the photo in the reserved place and wait for its result (see InferenceEngine.submit)."""
+        if not self._held:
+            raise RuntimeError("this reservation was already used or released")
+        if model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        self._held = False
+        return await self._engine._submit_reserved(data, model, options or RenderOptions(), timeout)
+
+    def release(self) -> None:
+        """Give the place back (idempotent; a no-op after submit)."""
+        if self._held:
+            self._held = False
+            self._engine._release_reservation()
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class InferenceEngine:
@@ -84,27 +188,41 @@ class InferenceEngine:
         self._load_lock = threading.Lock()
         self._queue: asyncio.Queue[_Job] | None = None
         self._workers: list[asyncio.Task] = []
-        self._executor: ThreadPoolExecutor | None = None
-        self._closed = False
+        self._executor: _DaemonThreadPool | None = None
+        self._closing = False  # no new places; reserved and queued work may still finish
+        self._closed = False  # nothing runs any more
+        self._drained: asyncio.Event | None = None
+        # Places taken: reserved (the photo is not here yet) and waiting (queued, not cancelled, not started).
+        self._reserved = 0
+        self._waiting = 0
         self._in_flight = 0
         self._completed = 0
         self._failed = 0
         self._latencies: dict[str, deque[float]] = {name: deque(maxlen=1000) for name in MODEL_NAMES}
 
-    async def start(self) -> None:
-        """Start the worker tasks; models load lazily on first use."""
+    def _start(self) -> None:
         if self._queue is not None:
             return
-        threads = self.config.torch_threads or max(1, (os.cpu_count() or 1) // self.config.workers)
-        torch.set_num_threads(threads)
-        self._queue = asyncio.Queue(maxsize=self.config.queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="inference")
+        configure_torch_threads(self.config.workers, self.config.torch_threads)
+        # Unbounded: the queue_size bound is enforced by reserve(), which also counts reserved places.
+        self._queue = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._executor = _DaemonThreadPool(self.config.workers, "inference")
         self._workers = [asyncio.create_task(self._work(), name=f"inference-{i}") for i in range(self.config.workers)]
+
+    async def start(self) -> None:
+        """Start the worker tasks and set torch's thread count; models load lazily on first use."""
+        self._start()
 
     @property
     def queue_depth(self) -> int:
-        """Requests accepted and waiting for a worker."""
-        return self._queue.qsize() if self._queue else 0
+        """Requests accepted and waiting for a worker (reserved places whose photo is not here yet excluded)."""
+        return self._waiting
+
+    @property
+    def reserved(self) -> int:
+        """Places reserved by callers that have not submitted their photo yet."""
+        return self._reserved
 
     @property
     def in_flight(self) -> int:
@@ -112,63 +230,101 @@ class InferenceEngine:
         return self._in_flight
 
     @property
+    def busy_threads(self) -> int:
+        """Inference threads still computing (a photo whose caller is gone included)."""
+        return self._executor.busy if self._executor else 0
+
+    @property
     def closed(self) -> bool:
         """Whether the engine has stopped taking requests."""
-        return self._closed
+        return self._closing
+
+    def ahead_of_next(self) -> int:
+        """Photos that must finish before one submitted now starts: the waiting ones, plus busy workers."""
+        return self._waiting + max(0, self._in_flight - self.config.workers + 1)
+
+    def reserve(self) -> Reservation:
+        """Take a place in the queue now, before the photo is at hand; QueueFullError at once when there is none."""
+        if self._closing:
+            raise EngineClosedError("the engine is shutting down")
+        self._start()
+        if self._reserved + self._waiting >= self.config.queue_size:
+            raise QueueFullError(f"the queue is full ({self.config.queue_size} waiting)")
+        self._reserved += 1
+        return Reservation(self)
 
     async def submit(
         self, data: bytes, *, model: str = "deeplab", options: RenderOptions | None = None, timeout: float | None = None
     ) -> RemovalResult:
-        """Queue one photo and wait for its result; refuses at once when the queue is full."""
+        """Queue one photo and wait for its result; refuses at once when the queue is full.
+
+        Cancelling the caller (or its timeout) cancels a photo that has not started; one already running
+        finishes on its thread, but its caller is released at once and the result is dropped.
+        """
         if model not in MODEL_NAMES:
             raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        async with self.reserve() as place:
+            return await place.submit(data, model=model, options=options, timeout=timeout)
+
+    def _release_reservation(self) -> None:
+        self._reserved -= 1
+        self._notify_if_drained()
+
+    def _notify_if_drained(self) -> None:
+        if self._drained is not None and self._reserved + self._waiting + self._in_flight == 0:
+            self._drained.set()
+
+    async def _submit_reserved(
+        self, data: bytes, model: str, options: RenderOptions, timeout: float | None
+    ) -> RemovalResult:
+        self._reserved -= 1
         if self._closed:
-            raise EngineClosedError("the engine is shutting down")
-        if self._queue is None:
-            await self.start()
-        job = _Job(data, model, options or RenderOptions(), asyncio.get_running_loop().create_future())
+            self._notify_if_drained()
+            raise EngineClosedError("the engine shut down before this photo was processed")
+        job = _Job(data, model, options, asyncio.get_running_loop().create_future())
+        self._waiting += 1
+        self._queue.put_nowait(job)
         try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise QueueFullError(f"the queue is full ({self.config.queue_size} waiting)") from None
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            # No shield: when the caller is cancelled or times out, wait_for cancels the job's future too.
+            return await asyncio.wait_for(job.future, timeout)
         except TimeoutError:
-            # A worker skips a job whose future is already done, so a timed-out job costs nothing later.
-            if not job.future.done():
-                job.future.cancel()
             raise RequestTimeoutError(f"no result within {timeout:g} s") from None
+        finally:
+            if job.state is _JobState.QUEUED:  # never started: give its place back now, the worker skips it
+                job.state = _JobState.ABANDONED
+                self._waiting -= 1
+                self._notify_if_drained()
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             job = await self._queue.get()
+            if job.state is not _JobState.QUEUED:  # its caller is gone, or close() answered it
+                continue
+            job.state = _JobState.RUNNING
+            self._waiting -= 1
+            self._in_flight += 1
+            queued = time.perf_counter() - job.enqueued
             try:
-                if job.future.done():  # timed out or cancelled while it waited
-                    continue
-                self._in_flight += 1
-                queued = time.perf_counter() - job.enqueued
-                try:
-                    result = await loop.run_in_executor(self._executor, self._run, job)
-                except asyncio.CancelledError:
-                    if not job.future.done():
-                        error = EngineClosedError("the engine shut down while this photo was processed")
-                        job.future.set_exception(error)
-                    raise
-                except Exception as error:
-                    self._failed += 1
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                else:
-                    result.timings["queue"] = queued
-                    self._completed += 1
-                    self._latencies[job.model].append(result.timings["total"] + queued)
-                    if not job.future.done():
-                        job.future.set_result(result)
-                finally:
-                    self._in_flight -= 1
+                result = await loop.run_in_executor(self._executor, self._run, job)
+            except asyncio.CancelledError:
+                if not job.future.done():
+                    job.future.set_exception(EngineClosedError("the engine shut down while this photo was processed"))
+                raise
+            except Exception as error:
+                self._failed += 1
+                if not job.future.done():
+                    job.future.set_exception(error)
+            else:
+                result.timings["queue"] = queued
+                self._completed += 1
+                self._latencies[job.model].append(result.timings["total"] + queued)
+                if not job.future.done():  # a cancelled caller's result is simply dropped
+                    job.future.set_result(result)
             finally:
-                self._queue.task_done()
+                job.state = _JobState.DONE
+                self._in_flight -= 1
+                self._notify_if_drained()
 
     def predictor(self, name: str) -> Predictor:
         """The predictor of a model, loading its weights on first use (thread-safe, once)."""
@@ -201,6 +357,7 @@ class InferenceEngine:
             }
         return {
             "queue_depth": self.queue_depth,
+            "reserved": self.reserved,
             "in_flight": self.in_flight,
             "completed": self._completed,
             "failed": self._failed,
@@ -208,24 +365,32 @@ class InferenceEngine:
         }
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Stop taking requests, let accepted work finish within timeout, then cancel what is left."""
-        if self._closed:
+        """Stop taking requests; let accepted work (reserved, queued, running) finish within timeout; answer the rest.
+
+        Returns within about `timeout` even when an inference is still running: its thread is a daemon thread,
+        its caller is told the engine shut down, and the process may exit without waiting for it.
+        """
+        if self._closing:
             return
-        self._closed = True
+        self._closing = True
         if self._queue is None:
+            self._closed = True
             return
+        self._notify_if_drained()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        self._closed = True  # from here a reserved place that submits is told the engine shut down
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(EngineClosedError("the engine shut down before this photo was processed"))
-            self._queue.task_done()
+            if job.state is _JobState.QUEUED:
+                job.state = _JobState.DONE
+                self._waiting -= 1
+                if not job.future.done():
+                    job.future.set_exception(EngineClosedError("the engine shut down before this photo was processed"))
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        # A thread mid-inference cannot be interrupted; its caller has its answer already, so don't wait.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> InferenceEngine:
         await self.start()
