@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -11,23 +12,24 @@ from pydantic import ValidationError
 from bot.config import Settings, describe_settings_error
 
 EXIT_CONFIG_ERROR = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+logger = logging.getLogger("bgremover-bot")
 
 
 def configure_logging(level: str) -> None:
     """Plain timestamped lines on stderr."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
 
 
 def main() -> int:
     """Run the bot; returns the process exit code (2 for a configuration error)."""
+    configure_logging("INFO")  # until the settings say otherwise: even a settings error is a log line
     try:
         settings = Settings()
     except ValidationError as error:
         # One clear line, no traceback: this is the most common first-run mistake.
-        print(
-            f"bgremover-bot: cannot start: {describe_settings_error(error)} (set it in the environment or in .env)",
-            file=sys.stderr,
-        )
+        logger.error("cannot start: %s (set it in the environment or in .env)", describe_settings_error(error))
         return EXIT_CONFIG_ERROR
     configure_logging(settings.log_level)
 
@@ -35,21 +37,29 @@ def main() -> int:
     from telegram.error import InvalidToken, NetworkError
 
     from bot.app import ALLOWED_UPDATES, build_application
+    from bot.services import SERVICES_KEY
 
-    application = build_application(settings)
+    application = build_application(settings)  # installs the token redaction before anything can log it
     try:
         application.run_polling(stop_signals=(signal.SIGINT, signal.SIGTERM), allowed_updates=ALLOWED_UPDATES)
+        code = 0
     except InvalidToken:
-        print("bgremover-bot: cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)", file=sys.stderr)
+        logger.error("cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)")
         return EXIT_CONFIG_ERROR
     except NetworkError as error:
-        print(f"bgremover-bot: cannot reach the Bot API: {error.message}", file=sys.stderr)
+        logger.error("cannot reach the Bot API: %s", error.message)
         return 1
-    except Exception as error:  # e.g. an unwritable BOT_DATA_DIR: one line, and the details in the redacted log
-        logging.getLogger("bot").exception("the bot stopped on an unexpected error")
-        print(f"bgremover-bot: stopped: {type(error).__name__} (details in the log above)", file=sys.stderr)
+    except Exception:  # e.g. an unwritable BOT_DATA_DIR: the details go to the (redacted) log
+        logger.exception("the bot stopped on an unexpected error")
         return 1
-    return 0
+    engine = application.bot_data[SERVICES_KEY].engine
+    if engine.busy_threads:
+        # A running inference cannot be interrupted and its caller has been answered: don't wait for it (nor risk
+        # a daemon thread waking up in a finalising interpreter). Everything else is closed already.
+        logger.warning("exiting while %d inference thread(s) are still busy", engine.busy_threads)
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

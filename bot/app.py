@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from telegram import BotCommand, Update
@@ -19,12 +22,15 @@ from telegram.ext import (
 
 from bot import handlers
 from bot.config import Settings
-from bot.handlers import SERVICES_KEY, Services
+from bot.services import SERVICES_KEY, Services
 from bot.store import AsyncStore
 from segmentation import MODEL_NAMES
 from segmentation.engine import EngineConfig, InferenceEngine
 
 logger = logging.getLogger(__name__)
+
+# Of BOT_SHUTDOWN_TIMEOUT, the seconds kept back for telling users their photo did not finish (at most a quarter).
+REPLY_ALLOWANCE_S = 3.0
 
 # Only what the handlers use: no edited messages (an edited caption must not re-run a photo), no channel posts.
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
@@ -77,43 +83,64 @@ class RedactingFilter(logging.Filter):
 
 
 REDACTOR = RedactingFilter()
+_previous_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _redacting_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _previous_factory(*args, **kwargs)
+    REDACTOR.filter(record)
+    return record
 
 
 def install_log_hygiene(token: str) -> None:
-    """Quiet httpx (it logs every request URL, token included, at INFO) and redact the token from all handlers."""
+    """Quiet httpx (it logs every request URL, token included, at INFO) and redact the token from every record.
+
+    The redaction sits in the log record factory, so it covers every logger and every handler, including
+    loggers and handlers created after this call (a handler filter would only cover handlers present now).
+    """
+    global _previous_factory
     logging.getLogger("httpx").setLevel(logging.WARNING)
     REDACTOR.add_secret(token)
-    # Handler filters see records from every logger that propagates to them; a logger filter would only see
-    # records created on that exact logger. httpx gets one too in case someone gives it its own handler.
-    targets: list[logging.Filterer] = [*logging.getLogger().handlers, logging.getLogger("httpx")]
-    for target in targets:
-        if REDACTOR not in target.filters:
-            target.addFilter(REDACTOR)
+    if _previous_factory is None:
+        _previous_factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_redacting_record_factory)
 
 
 class BotApplication(Application):
-    """An Application whose stop() is bounded: it closes the engine while waiting for the handlers.
+    """An Application whose stop() is the one shutdown path, bounded by BOT_SHUTDOWN_TIMEOUT.
 
-    Application.stop() waits for every running handler. A handler waiting on the engine would keep it waiting
-    until its photo is done, however long the queue. Closing the engine at the same moment bounds that wait by
-    BOT_SHUTDOWN_TIMEOUT: accepted work finishes within it, the rest is told "the bot is restarting".
+    Application.stop() waits for every running handler, and a handler waits on the engine for its photo.
+    Closing the engine at the same moment bounds that wait: accepted photos finish while time is left, the
+    rest are told "the bot is restarting", and a handler still running at the bound is cancelled.
     """
 
     async def stop(self) -> None:
-        """Stop fetching updates, close the engine within the shutdown bound, and wait for the handlers."""
+        """Stop fetching updates and pruning, close the engine and wait for the handlers, all within the bound."""
         svc: Services | None = self.bot_data.get(SERVICES_KEY)
-        closing = svc.close_engine() if svc is not None else None
-        try:
+        if svc is None:
             await super().stop()
-        finally:
-            if closing is not None:
-                await closing
+            return
+        bound = svc.settings.shutdown_timeout
+        # The last seconds of the bound are for telling the users whose photos did not finish.
+        work_bound = max(0.0, bound - min(REPLY_ALLOWANCE_S, bound / 4))
+        svc.stop_maintenance()
+        closing = asyncio.ensure_future(svc.engine.close(timeout=work_bound))
+        stopping = asyncio.ensure_future(super().stop())
+        done, _ = await asyncio.wait({stopping}, timeout=bound)
+        if not done:
+            logger.warning("shutdown bound of %g s reached: ending %d unfinished photos", bound, len(svc.photo_tasks))
+            for task in list(svc.photo_tasks):
+                task.cancel()
+        await stopping
+        await closing
+        logger.info("inference engine closed: %s", svc.engine.stats())
 
 
 async def _post_init(application: Application) -> None:
     svc: Services = application.bot_data[SERVICES_KEY]
     await svc.store.open()
     await svc.engine.start()
+    svc.start_maintenance()
     try:
         await application.bot.set_my_commands(BOT_COMMANDS)
     except TelegramError as error:  # the menu is a nicety: the bot works without it
@@ -127,15 +154,9 @@ async def _post_init(application: Application) -> None:
     )
 
 
-async def _post_stop(application: Application) -> None:
-    svc: Services = application.bot_data[SERVICES_KEY]
-    await svc.close_engine()
-    logger.info("inference engine closed: %s", svc.engine.stats())
-
-
 async def _post_shutdown(application: Application) -> None:
+    # The engine is closed by stop(); the store closes last, after every handler has recorded its request.
     svc: Services = application.bot_data[SERVICES_KEY]
-    await svc.close_engine()  # no-op when stop() already closed it; needed if start-up failed half-way
     await svc.store.close()
 
 
@@ -157,7 +178,6 @@ def build_application(settings: Settings, engine: InferenceEngine | None = None)
         # Uploading a multi-megabyte PNG over a slow link takes longer than the 5 s default write timeout.
         .media_write_timeout(60)
         .post_init(_post_init)
-        .post_stop(_post_stop)
         .post_shutdown(_post_shutdown)
     )
     if settings.api_base_url:
@@ -169,19 +189,20 @@ def build_application(settings: Settings, engine: InferenceEngine | None = None)
     application.bot_data[SERVICES_KEY] = Services(
         settings=settings, engine=engine, store=AsyncStore(settings.data_dir), model_names=tuple(MODEL_NAMES)
     )
-    add_handlers(application)
+    add_handlers(application, settings.admin_ids)
     return application
 
 
-def add_handlers(application: Application) -> None:
-    """Register every handler; order matters only for the catch-alls at the end."""
+def add_handlers(application: Application, admin_ids: frozenset[int] = frozenset()) -> None:
+    """Register every handler; order matters for /stats (admins first) and for the catch-alls at the end."""
     messages = filters.UpdateType.MESSAGE
     application.add_handlers(
         [
             CommandHandler("start", handlers.start_command),
             CommandHandler("help", handlers.help_command),
             CommandHandler("model", handlers.model_command),
-            CommandHandler("stats", handlers.stats_command),
+            CommandHandler("stats", handlers.stats_command, filters=filters.User(user_id=admin_ids)),
+            CommandHandler("stats", handlers.stats_refused),  # everyone else
             CallbackQueryHandler(handlers.model_button, pattern=f"^{handlers.MODEL_CALLBACK_PREFIX}"),
             MessageHandler(messages & filters.PHOTO, handlers.photo_message),
             MessageHandler(messages & filters.Document.ALL, handlers.document_message),

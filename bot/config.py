@@ -7,14 +7,16 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from telegram.constants import FileSizeLimit
 
 from segmentation import MODEL_NAMES  # torch-free: the names only
 
-# imageio is Pillow and numpy only: importing it here keeps a missing-token error instant (no torch yet).
+# decoding is Pillow and numpy only: importing it here keeps a missing-token error instant (no torch yet).
 from segmentation.decoding import DEFAULT_MAX_PIXELS
 
-# The Bot API lets a bot download files up to 20 MB (a local Bot API server lifts this; we keep the safe value).
-MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+# What the Bot API lets a bot download and upload (a local Bot API server lifts both; we keep the safe values).
+MAX_DOWNLOAD_BYTES = int(FileSizeLimit.FILESIZE_DOWNLOAD)
+MAX_UPLOAD_BYTES = int(FileSizeLimit.FILESIZE_UPLOAD)
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # What the Bot API lets a bot download; raise it only behind a local Bot API server, which has no such limit.
     max_download_bytes: int = Field(default=MAX_DOWNLOAD_BYTES, ge=1)
+    # The largest result document the bot sends; a larger one gets its own answer instead of a failed upload.
+    max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
+    # Per-request statistics are kept this many days (daily counts are kept for good); pruned every few hours.
+    stats_retention_days: float = Field(default=30.0, gt=0)
 
     @field_validator("token")
     @classmethod

@@ -6,82 +6,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from telegram.constants import ChatAction
+from telegram import Document, InlineKeyboardButton, InlineKeyboardMarkup, Message, PhotoSize, Update
+from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.config import Settings
-from bot.store import AsyncStore
-from segmentation.decoding import ImageTooLargeError, UnsupportedImageError
+from bot.naming import result_filename
+from bot.outcomes import Outcome
+from bot.services import Services, services
+from bot.triage import classify_document, declared_pixels
+from segmentation.decoding import ImageTooLargeError, UnsupportedImageError, read_header
 from segmentation.engine import (
     EngineClosedError,
-    InferenceEngine,
     ModelUnavailableError,
     QueueFullError,
     RequestTimeoutError,
+    Reservation,
 )
 
 logger = logging.getLogger(__name__)
 
-SERVICES_KEY = "services"
 MODEL_CALLBACK_PREFIX = "model:"
-# The Bot API accepts uploads of up to 50 MB from a bot.
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 # Telegram shows a chat action for about 5 seconds; renew it a little before it fades.
 CHAT_ACTION_INTERVAL_S = 4.5
 
 
-def _suffixes(names: str) -> frozenset[str]:
-    return frozenset(f".{name}" for name in names.split())
-
-
-# Extensions we accept as images even when Telegram reports no (or a generic) mime type. The decoder has the
-# last word: anything it cannot read gets its specific "couldn't read" answer after the download.
-IMAGE_EXTENSIONS = _suffixes(
-    "jpg jpeg jpe jfif png webp bmp dib gif tif tiff heic heif avif ico ppm pgm pbm pnm tga jp2 j2k jpf jpx psd dds "
-    "pcx sgi qoi"
-)
-VIDEO_EXTENSIONS = _suffixes("mp4 mov avi mkv webm m4v 3gp wmv flv mpeg mpg")
-AUDIO_EXTENSIONS = _suffixes("mp3 ogg oga opus wav flac m4a aac")
-ARCHIVE_EXTENSIONS = _suffixes("zip rar 7z tar gz tgz bz2 xz")
-TEXT_EXTENSIONS = _suffixes("txt doc docx odt rtf md csv xls xlsx ppt pptx json xml html")
-GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-
-
-@dataclass
-class Services:
-    """What the handlers share: settings, the engine, the store, and the per-user pending counts."""
-
-    settings: Settings
-    engine: InferenceEngine
-    store: AsyncStore
-    model_names: tuple[str, ...]
-    started_at: float = field(default_factory=time.monotonic)
-    # Photos each user has in progress (downloading, queued or running). The event loop is single-threaded,
-    # so plain increments are race-free.
-    pending: Counter[int] = field(default_factory=Counter)
-    _engine_closing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
-
-    def close_engine(self) -> asyncio.Future[None]:
-        """Start closing the engine (once) within the shutdown bound; returns the closing task."""
-        if self._engine_closing is None:
-            self._engine_closing = asyncio.ensure_future(self.engine.close(timeout=self.settings.shutdown_timeout))
-        return self._engine_closing
-
-
-def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
-    """The shared services of the application that runs this handler."""
-    return context.bot_data[SERVICES_KEY]
-
-
-async def record(svc: Services, chat_id: int, model: str, outcome: str, latency_s: float | None = None) -> None:
+async def record(svc: Services, chat_id: int, model: str, outcome: Outcome, latency_s: float | None = None) -> None:
     """Record a request for /stats; statistics are best-effort, so a failing disk never costs the user an answer."""
     try:
         await svc.store.record(chat_id, model, outcome, latency_s)
@@ -104,38 +57,6 @@ def model_keyboard(current: str, models: tuple[str, ...]) -> InlineKeyboardMarku
     return InlineKeyboardMarkup([buttons])
 
 
-def classify_document(file_name: str | None, mime_type: str | None) -> str | None:
-    """None when a document may be an image; otherwise what it looks like (for the refusal), without downloading."""
-    mime = (mime_type or "").lower().strip()
-    suffix = PurePosixPath(file_name or "").suffix.lower()
-    if mime == "image/svg+xml" or suffix in (".svg", ".svgz"):
-        return "a vector drawing (SVG)"
-    if mime.startswith("image/") or suffix in IMAGE_EXTENSIONS:
-        return None
-    if mime == "application/pdf" or suffix == ".pdf":
-        return "a PDF document"
-    if mime.startswith("video/") or suffix in VIDEO_EXTENSIONS:
-        return "a video"
-    if mime.startswith("audio/") or suffix in AUDIO_EXTENSIONS:
-        return "an audio file"
-    if suffix in ARCHIVE_EXTENSIONS or mime in {"application/zip", "application/x-rar-compressed", "application/gzip"}:
-        return "an archive"
-    if mime.startswith("text/") or suffix in TEXT_EXTENSIONS:
-        return "a text document"
-    if mime in GENERIC_MIME_TYPES and not suffix:
-        return None  # nothing to go on: let the decoder decide after the download
-    return f"a {suffix.lstrip('.').upper()} file" if suffix else f"a file of type {mime}"
-
-
-def result_filename(original: str | None) -> str:
-    """`<stem>_nobg.png` for a named file, `photo_nobg.png` for a photo (photos have no name)."""
-    if not original:
-        return "photo_nobg.png"
-    # PurePosixPath drops any directory part; Windows-style separators are flattened the same way.
-    stem = PurePosixPath(original.replace("\\", "/")).stem.strip()[:100]
-    return f"{stem or 'image'}_nobg.png"
-
-
 @contextlib.asynccontextmanager
 async def chat_action(message: Message, action: str = ChatAction.UPLOAD_DOCUMENT) -> AsyncIterator[None]:
     """Show "sending a file" in the chat, renewed until the block ends."""
@@ -144,7 +65,7 @@ async def chat_action(message: Message, action: str = ChatAction.UPLOAD_DOCUMENT
         while True:
             # A failed chat action is cosmetic: never let it disturb the real work.
             with contextlib.suppress(TelegramError):
-                await message.get_bot().send_chat_action(message.chat_id, action)
+                await message.reply_chat_action(action)
             await asyncio.sleep(CHAT_ACTION_INTERVAL_S)
 
     task = asyncio.create_task(keep_showing(), name=f"chat-action-{message.chat_id}")
@@ -207,7 +128,7 @@ async def model_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 
 async def model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Switch the chat's model from an inline button and update the buttons."""
+    """Switch the chat's model from an inline button and update the buttons (a failure is answered by error_handler)."""
     svc = services(context)
     query = update.callback_query
     name = (query.data or "").removeprefix(MODEL_CALLBACK_PREFIX)
@@ -223,23 +144,28 @@ async def model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Show usage statistics to the admins; everyone else gets a refusal that reveals nothing."""
+    """Show usage statistics to an admin (app.py routes only admins here), in a private chat only."""
     svc = services(context)
     message = update.effective_message
-    user = update.effective_user
-    if user is None or user.id not in svc.settings.admin_ids:
-        await message.reply_text(texts.STATS_REFUSED)
+    if message.chat.type != ChatType.PRIVATE:
+        # The figures are global: never post them where others can read them.
+        await message.reply_text(texts.STATS_PRIVATE_ONLY)
         return
     stats = await svc.store.stats()
     report = texts.stats_report(stats, time.monotonic() - svc.started_at, svc.engine.queue_depth, svc.engine.in_flight)
     await message.reply_text(report)
 
 
+async def stats_refused(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/stats from anyone but an admin: a refusal that reveals nothing."""
+    await update.effective_message.reply_text(texts.STATS_REFUSED)
+
+
 async def photo_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Remove the background of a photo, using the largest size Telegram offers."""
-    message = update.effective_message
-    largest = max(message.photo, key=lambda size: size.width * size.height)
-    await process_image(update, context, largest.file_id, largest.file_size, result_filename(None))
+    """Remove the background of a photo, using the largest size Telegram offers (the last one)."""
+    largest = update.effective_message.photo[-1]
+    pixels = declared_pixels(largest.width, largest.height)
+    await process_image(update, context, largest, result_filename(None), pixels)
 
 
 async def document_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -250,9 +176,9 @@ async def document_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     kind = classify_document(document.file_name, document.mime_type)
     if kind is not None:
         await message.reply_text(texts.not_an_image(kind))
-        await record(svc, message.chat_id, await chat_model(svc, message.chat_id), "not_image")
+        await record(svc, message.chat_id, await chat_model(svc, message.chat_id), Outcome.NOT_IMAGE)
         return
-    await process_image(update, context, document.file_id, document.file_size, result_filename(document.file_name))
+    await process_image(update, context, document, result_filename(document.file_name), None)
 
 
 async def other_media_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -271,111 +197,137 @@ async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 
 async def process_image(
-    update: Update, context: ContextTypes.DEFAULT_TYPE, file_id: str, file_size: int | None, filename: str
+    update: Update,
+    context: ContextTypes.DEFAULT_TYPE,
+    attachment: PhotoSize | Document,
+    filename: str,
+    pixels: int | None,
 ) -> None:
-    """Check limits, download, run the engine, reply with the PNG document (or a specific answer), and record it."""
+    """Admit (limits, a queue place), download, check the header, run the engine, reply, and record the request."""
     svc = services(context)
+    settings = svc.settings
     message = update.effective_message
     chat_id = message.chat_id
     user_id = update.effective_user.id if update.effective_user else chat_id
     model = await chat_model(svc, chat_id)
-    limit = svc.settings.max_download_bytes
 
-    # Both refusals come before getFile: Telegram would refuse a big file anyway, and a limited user costs nothing.
-    if file_size is not None and file_size > limit:
-        await message.reply_text(texts.file_too_big(file_size, limit))
-        await record(svc, chat_id, model, "file_too_big")
-        return
-    if svc.pending[user_id] >= svc.settings.user_pending_limit:
-        await message.reply_text(texts.user_limit(svc.pending[user_id]))
-        await record(svc, chat_id, model, "user_limit")
+    # Every refusal that Telegram's own figures allow comes before a place is taken and before any download.
+    refusal: tuple[str, Outcome] | None = None
+    if attachment.file_size is not None and attachment.file_size > settings.max_download_bytes:
+        refusal = texts.file_too_big(attachment.file_size, settings.max_download_bytes), Outcome.FILE_TOO_BIG
+    elif pixels is not None and pixels > settings.max_pixels:
+        refusal = texts.too_many_pixels(pixels, settings.max_pixels), Outcome.TOO_MANY_PIXELS
+    elif svc.pending[user_id] >= settings.user_pending_limit:
+        refusal = texts.user_limit(svc.pending[user_id]), Outcome.USER_LIMIT
+    else:
+        try:
+            place = svc.engine.reserve()
+        except QueueFullError:
+            refusal = texts.BUSY, Outcome.BUSY
+        except EngineClosedError:
+            refusal = texts.RESTARTING, Outcome.SHUTDOWN
+    if refusal is not None:
+        text, outcome = refusal
+        await message.reply_text(text)
+        await record(svc, chat_id, model, outcome)
         return
 
-    svc.pending[user_id] += 1
-    outcome, latency = "error", None
+    outcome, latency = Outcome.ERROR, None
     try:
-        async with chat_action(message):
-            outcome, latency = await _remove_background(svc, message, file_id, model, filename)
+        with svc.pending_slot(user_id):
+            async with place, chat_action(message):
+                outcome, latency = await _remove_background(svc, message, attachment, place, model, filename)
     finally:
-        svc.pending[user_id] -= 1
-        if svc.pending[user_id] <= 0:
-            del svc.pending[user_id]
         # Recorded even when a reply failed (outcome "error"), so /stats counts every request.
         await record(svc, chat_id, model, outcome, latency)
 
 
-async def _remove_background(
-    svc: Services, message: Message, file_id: str, model: str, filename: str
-) -> tuple[str, float | None]:
-    """Download, queue, reply; returns the outcome kind and, on success, the engine latency in seconds."""
-    started = time.monotonic()
+async def _download(svc: Services, message: Message, attachment: PhotoSize | Document) -> bytes | Outcome:
+    """The attachment's bytes, or the outcome of a failed download (the user has been told)."""
     limit = svc.settings.max_download_bytes
     try:
-        telegram_file = await message.get_bot().get_file(file_id)
+        telegram_file = await attachment.get_file()
         if telegram_file.file_size is not None and telegram_file.file_size > limit:
             await message.reply_text(texts.file_too_big(telegram_file.file_size, limit))
-            return "file_too_big", None
-        data = bytes(await telegram_file.download_as_bytearray())
+            return Outcome.FILE_TOO_BIG
+        return bytes(await telegram_file.download_as_bytearray())
     except BadRequest as error:
         if "too big" in error.message.lower():
             await message.reply_text(texts.file_too_big(None, limit))
-            return "file_too_big", None
+            return Outcome.FILE_TOO_BIG
         logger.warning("could not download a file: %s", error.message)
-        await message.reply_text(texts.DOWNLOAD_FAILED)
-        return "download_failed", None
     except TelegramError as error:  # NetworkError, TimedOut, and odd answers from the file server
         logger.warning("could not download a file: %s", error.message)
-        await message.reply_text(texts.DOWNLOAD_FAILED)
-        return "download_failed", None
+    await message.reply_text(texts.DOWNLOAD_FAILED)
+    return Outcome.DOWNLOAD_FAILED
+
+
+async def _remove_background(
+    svc: Services, message: Message, attachment: PhotoSize | Document, place: Reservation, model: str, filename: str
+) -> tuple[Outcome, float | None]:
+    """Download, check the header, queue in the reserved place, reply; returns the outcome and the engine latency."""
+    started = time.monotonic()
+    settings = svc.settings
+    data = await _download(svc, message, attachment)
+    if isinstance(data, Outcome):
+        return data, None
+    try:
+        # Only the header: an oversized or undecodable upload is refused now instead of after waiting in line.
+        await asyncio.to_thread(read_header, data, settings.max_pixels)
+    except ImageTooLargeError as error:
+        await message.reply_text(texts.too_many_pixels(error.pixels, error.limit))
+        return Outcome.TOO_MANY_PIXELS, None
+    except UnsupportedImageError as error:
+        await message.reply_text(texts.unreadable_image(str(error)))
+        return Outcome.UNSUPPORTED_IMAGE, None
 
     engine = svc.engine
-    # Photos that must finish before this one starts: the waiting ones, plus running ones beyond the free workers.
-    ahead = engine.queue_depth + max(0, engine.in_flight - svc.settings.workers + 1)
-    status = None
-    # When the queue is already full the answer will be "busy": don't first promise a place in line.
-    if ahead > 0 and engine.queue_depth < svc.settings.queue_size:
-        status = await message.reply_text(texts.queued(ahead))
+    ahead = engine.ahead_of_next()
+    # The place is reserved: the promise of a place in line is kept.
+    status = await message.reply_text(texts.queued(ahead)) if ahead > 0 else None
 
     try:
-        result = await engine.submit(data, model=model, timeout=svc.settings.request_timeout)
-    except QueueFullError:
-        await answer(message, texts.BUSY, status)
-        return "busy", None
-    except ImageTooLargeError as error:
+        result = await place.submit(data, model=model, timeout=settings.request_timeout)
+    except ImageTooLargeError as error:  # the header passed, but decoding found more (e.g. a rotated frame)
         await answer(message, texts.too_many_pixels(error.pixels, error.limit), status)
-        return "too_many_pixels", None
-    except UnsupportedImageError as error:
+        return Outcome.TOO_MANY_PIXELS, None
+    except UnsupportedImageError as error:  # the header was fine, the pixels are damaged
         await answer(message, texts.unreadable_image(str(error)), status)
-        return "unsupported_image", None
+        return Outcome.UNSUPPORTED_IMAGE, None
     except RequestTimeoutError:
         await answer(message, texts.TIMEOUT, status)
-        return "timeout", None
+        return Outcome.TIMEOUT, None
     except EngineClosedError:
         await answer(message, texts.RESTARTING, status)
-        return "shutdown", None
+        return Outcome.SHUTDOWN, None
     except ModelUnavailableError:
         logger.exception("model %s could not be loaded", model)
         await answer(message, texts.model_unavailable(model, svc.model_names), status)
-        return "model_unavailable", None
+        return Outcome.MODEL_UNAVAILABLE, None
     except Exception:
-        # Anything else (e.g. missing weights) is our fault, not the user's: log it, apologise, no details.
+        # Anything else is our fault, not the user's: log it, apologise, no details.
         logger.exception("background removal failed (model %s)", model)
         await answer(message, texts.GENERIC_ERROR, status)
-        return "error", None
+        return Outcome.ERROR, None
 
-    if len(result.png) > MAX_UPLOAD_BYTES:
-        await answer(message, texts.result_too_big(len(result.png), MAX_UPLOAD_BYTES), status)
-        return "result_too_big", None
+    size_limit = settings.max_upload_bytes
+    if len(result.png) > size_limit:
+        await answer(message, texts.result_too_big(len(result.png), size_limit), status)
+        return Outcome.RESULT_TOO_BIG, None
     await drop(status)
     seconds = time.monotonic() - started  # what the user waited for: download, queue and processing
-    await message.reply_document(
-        document=result.png,
-        filename=filename,
-        caption=texts.result_caption(model, seconds, result.person_found),
-    )
+    try:
+        await message.reply_document(
+            document=result.png, filename=filename, caption=texts.result_caption(model, seconds, result.person_found)
+        )
+    except TelegramError as error:
+        if "too large" not in error.message.lower():  # e.g. "Request Entity Too Large" from a smaller server limit
+            raise
+        await message.reply_text(texts.result_too_big(len(result.png), size_limit))
+        return Outcome.RESULT_TOO_BIG, None
     # Statistics use the engine's own latency (queue + processing), comparable across models and with engine.stats().
     latency = result.timings.get("total", seconds) + result.timings.get("queue", 0.0)
-    return ("ok" if result.person_found else "no_person"), latency
+    return (Outcome.OK if result.person_found else Outcome.NO_PERSON), latency
 
 
 async def error_handler(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -385,6 +337,13 @@ async def error_handler(update: object, context: ContextTypes.DEFAULT_TYPE) -> N
         logger.warning("network problem talking to Telegram: %s", context.error)
         return
     logger.error("unhandled error while handling an update", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_chat is not None:
+    if not isinstance(update, Update):
+        return
+    if update.callback_query is not None:
+        # Always answer a button press, or its spinner keeps turning; one already answered refuses quietly.
+        with contextlib.suppress(TelegramError):
+            await update.callback_query.answer(texts.GENERIC_ERROR, show_alert=True)
+        return
+    if update.effective_chat is not None:
         with contextlib.suppress(TelegramError):
             await context.bot.send_message(update.effective_chat.id, texts.GENERIC_ERROR)

@@ -1,9 +1,12 @@
-"""The bot's embedded SQLite store: per-chat settings and one row per request for statistics.
+"""The bot's embedded SQLite store: per-chat settings and request statistics that do not grow forever.
 
-`Store` is plain synchronous sqlite3. `AsyncStore` runs every call on one dedicated thread: the calls
-are tiny, but a commit may wait on an fsync (or on a WAL checkpoint) for milliseconds on a slow disk,
-and that wait should not stall the event loop that serves every chat. One thread also means the
-connection is only ever used from the thread that opened it, which is what sqlite3 expects.
+Statistics are kept twice: one row per request for a window (BOT_STATS_RETENTION_DAYS; the last 24 hours
+and the latency percentiles read it), and compact per-day counts by model and outcome, kept for good
+(totals and outcomes read those). `prune` drops events older than the window in small batches.
+
+`Store` is plain synchronous sqlite3. `AsyncStore` runs it off the event loop: chat settings and
+recording on one thread, /stats on a second thread with its own connection (WAL lets a reader run beside
+the writer), so a /stats never delays the `get_model` in front of every photo.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
+from bot.outcomes import SUCCESSES, Outcome
+
 T = TypeVar("T")
 
 DB_NAME = "bot.sqlite3"
-# Latency percentiles are computed in Python over the most recent successes of each model: enough for a
-# stable p95 and bounded in memory however long the bot runs.
+SECONDS_PER_DAY = 86_400
+# Latency percentiles are taken over the most recent successes of each model: enough for a stable p95,
+# and a bounded read however many rows the window holds.
 PERCENTILE_WINDOW = 10_000
-
-# Outcome kinds of a request. The first two are successes; everything else is a failure kind.
-SUCCESS_KINDS = ("ok", "no_person")
+# Rows deleted per pruning statement: each batch is short, so settings and recording calls slip in between.
+PRUNE_BATCH = 5_000
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chat_settings (
@@ -41,8 +49,29 @@ CREATE TABLE IF NOT EXISTS request_events (
     outcome   TEXT NOT NULL,
     latency_s REAL
 );
+CREATE TABLE IF NOT EXISTS daily_stats (
+    day     INTEGER NOT NULL,  -- days since 1970-01-01 (UTC)
+    model   TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (day, model, outcome)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id INTEGER PRIMARY KEY
+);
+-- The last 24 hours and pruning read events by time.
 CREATE INDEX IF NOT EXISTS request_events_at ON request_events (at);
-CREATE INDEX IF NOT EXISTS request_events_model_outcome ON request_events (model, outcome);
+-- Percentiles read the latest latencies of one model; covering, so the table itself is never touched.
+CREATE INDEX IF NOT EXISTS request_events_latency ON request_events (model, at, latency_s)
+    WHERE latency_s IS NOT NULL;
+DROP INDEX IF EXISTS request_events_model_outcome;
+"""
+
+# A store written before daily_stats and chats existed: rebuild both from the events it kept.
+_BACKFILL = """
+INSERT OR IGNORE INTO daily_stats (day, model, outcome, count)
+    SELECT CAST(at / 86400 AS INTEGER), model, outcome, COUNT(*) FROM request_events GROUP BY 1, 2, 3;
+INSERT OR IGNORE INTO chats (chat_id) SELECT DISTINCT chat_id FROM request_events;
 """
 
 
@@ -68,7 +97,7 @@ class StoreStats:
     @property
     def successes(self) -> int:
         """Requests that produced a result."""
-        return sum(count for kind, count in self.outcomes.items() if kind in SUCCESS_KINDS)
+        return sum(count for kind, count in self.outcomes.items() if kind in SUCCESSES)
 
     @property
     def failures(self) -> int:
@@ -76,15 +105,11 @@ class StoreStats:
         return self.total - self.successes
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation, like numpy's default; None for no values."""
+def percentiles(values: list[float], *qs: float) -> list[float | None]:
+    """numpy's percentiles (linear interpolation) of values; None for each q when there are none."""
     if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+        return [None for _ in qs]
+    return [float(value) for value in np.percentile(np.asarray(values, dtype=np.float64), qs)]
 
 
 class Store:
@@ -99,8 +124,10 @@ class Store:
         # NORMAL is durable against an application crash under WAL; only a power cut can lose the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        with self._db:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self._db.executescript("BEGIN;" + _SCHEMA + (_BACKFILL if version < SCHEMA_VERSION else ""))
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -121,57 +148,85 @@ class Store:
             )
 
     def record(
-        self, chat_id: int, model: str, outcome: str, latency_s: float | None = None, at: float | None = None
+        self, chat_id: int, model: str, outcome: Outcome, latency_s: float | None = None, at: float | None = None
     ) -> None:
-        """Record one request and how it ended."""
+        """Record one request and how it ended (latency_s: for requests that produced a result)."""
+        at = time.time() if at is None else at
+        outcome = Outcome(outcome)
         with self._db:
             self._db.execute(
                 "INSERT INTO request_events (at, chat_id, model, outcome, latency_s) VALUES (?, ?, ?, ?, ?)",
-                (time.time() if at is None else at, chat_id, model, outcome, latency_s),
+                (at, chat_id, model, outcome.value, latency_s),
             )
+            self._db.execute(
+                "INSERT INTO daily_stats (day, model, outcome, count) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (day, model, outcome) DO UPDATE SET count = count + 1",
+                (int(at // SECONDS_PER_DAY), model, outcome.value),
+            )
+            self._db.execute("INSERT OR IGNORE INTO chats (chat_id) VALUES (?)", (chat_id,))
+
+    def prune(self, before: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete up to `batch` of the oldest events recorded before `before`; returns how many went."""
+        with self._db:
+            cursor = self._db.execute(
+                "DELETE FROM request_events WHERE id IN "
+                "(SELECT id FROM request_events WHERE at < ? ORDER BY at LIMIT ?)",
+                (before, batch),
+            )
+        return cursor.rowcount
+
+    def event_count(self) -> int:
+        """Events kept in the window (for tests and benchmarks)."""
+        return self._db.execute("SELECT COUNT(*) FROM request_events").fetchone()[0]
 
     def stats(self, now: float | None = None) -> StoreStats:
         """Totals, the last 24 hours, outcomes by kind, per-model latency and the number of distinct chats."""
         now = time.time() if now is None else now
         db = self._db
         stats = StoreStats()
-        stats.total = db.execute("SELECT COUNT(*) FROM request_events").fetchone()[0]
-        stats.last_24h = db.execute("SELECT COUNT(*) FROM request_events WHERE at >= ?", (now - 86_400,)).fetchone()[0]
         stats.outcomes = dict(
-            db.execute("SELECT outcome, COUNT(*) FROM request_events GROUP BY outcome ORDER BY 2 DESC")
+            db.execute("SELECT outcome, SUM(count) FROM daily_stats GROUP BY outcome ORDER BY 2 DESC, 1")
         )
-        placeholders = ",".join("?" * len(SUCCESS_KINDS))
+        stats.total = sum(stats.outcomes.values())
+        stats.last_24h = db.execute(
+            "SELECT COUNT(*) FROM request_events WHERE at >= ?", (now - SECONDS_PER_DAY,)
+        ).fetchone()[0]
+        success_values = sorted(outcome.value for outcome in SUCCESSES)
+        placeholders = ",".join("?" * len(success_values))
         counts = db.execute(
-            f"SELECT model, COUNT(*) FROM request_events WHERE outcome IN ({placeholders}) "
+            f"SELECT model, SUM(count) FROM daily_stats WHERE outcome IN ({placeholders}) "
             "GROUP BY model ORDER BY model",
-            SUCCESS_KINDS,
+            success_values,
         ).fetchall()
         for model, count in counts:
             latencies = [
                 row[0]
                 for row in db.execute(
-                    f"SELECT latency_s FROM request_events WHERE model = ? AND outcome IN ({placeholders}) "
-                    "AND latency_s IS NOT NULL ORDER BY id DESC LIMIT ?",
-                    (model, *SUCCESS_KINDS, PERCENTILE_WINDOW),
+                    "SELECT latency_s FROM request_events INDEXED BY request_events_latency "
+                    "WHERE model = ? AND latency_s IS NOT NULL ORDER BY at DESC LIMIT ?",
+                    (model, PERCENTILE_WINDOW),
                 )
             ]
-            stats.models[model] = ModelStats(count, percentile(latencies, 50), percentile(latencies, 95))
+            p50, p95 = percentiles(latencies, 50, 95)
+            stats.models[model] = ModelStats(count, p50, p95)
         stats.distinct_chats = db.execute(
-            "SELECT COUNT(*) FROM (SELECT chat_id FROM request_events UNION SELECT chat_id FROM chat_settings)"
+            "SELECT COUNT(*) FROM (SELECT chat_id FROM chats UNION SELECT chat_id FROM chat_settings)"
         ).fetchone()[0]
         return stats
 
 
 class AsyncStore:
-    """The Store behind one dedicated thread, so no disk wait ever runs on the event loop."""
+    """The Store off the event loop: settings and recording on one thread, /stats on another."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / DB_NAME
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-store")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-store")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-stats")
         self._store: Store | None = None
+        self._stats_store: Store | None = None
 
-    async def _call(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    async def _call(self, executor: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
     def _require(self) -> Store:
         if self._store is None:
@@ -179,29 +234,45 @@ class AsyncStore:
         return self._store
 
     async def open(self) -> None:
-        """Open (and create, on first use) the database."""
+        """Open (and create or upgrade, on first use) the database."""
         if self._store is None:
-            self._store = await self._call(Store, self.path)
+            self._store = await self._call(self._writer, Store, self.path)
+            self._stats_store = await self._call(self._reader, Store, self.path)
 
     async def close(self) -> None:
-        """Close the database and its thread."""
+        """Close the database and its threads."""
+        if self._stats_store is not None:
+            await self._call(self._reader, self._stats_store.close)
+            self._stats_store = None
         if self._store is not None:
-            await self._call(self._store.close)
+            await self._call(self._writer, self._store.close)
             self._store = None
-        self._executor.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
     async def get_model(self, chat_id: int) -> str | None:
         """The model a chat chose, or None."""
-        return await self._call(self._require().get_model, chat_id)
+        return await self._call(self._writer, self._require().get_model, chat_id)
 
     async def set_model(self, chat_id: int, model: str) -> None:
         """Remember a chat's model."""
-        await self._call(self._require().set_model, chat_id, model)
+        await self._call(self._writer, self._require().set_model, chat_id, model)
 
-    async def record(self, chat_id: int, model: str, outcome: str, latency_s: float | None = None) -> None:
+    async def record(self, chat_id: int, model: str, outcome: Outcome, latency_s: float | None = None) -> None:
         """Record one request and how it ended."""
-        await self._call(self._require().record, chat_id, model, outcome, latency_s)
+        await self._call(self._writer, self._require().record, chat_id, model, outcome, latency_s)
+
+    async def prune(self, retention_s: float, batch: int = PRUNE_BATCH) -> int:
+        """Delete events older than the retention window, one short batch at a time; returns how many went."""
+        before = time.time() - retention_s
+        deleted = 0
+        while True:
+            removed = await self._call(self._writer, self._require().prune, before, batch)
+            deleted += removed
+            if removed < batch:
+                return deleted
 
     async def stats(self) -> StoreStats:
-        """Persistent request statistics."""
-        return await self._call(self._require().stats)
+        """Persistent request statistics, read beside (not in front of) the settings and recording calls."""
+        self._require()
+        return await self._call(self._reader, self._stats_store.stats)

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import math
 
-from bot.store import SUCCESS_KINDS, StoreStats
+from bot.outcomes import parse_outcome
+from bot.store import StoreStats
 
 MODEL_DESCRIPTIONS = {
     "deeplab": "DeepLabV3 on ResNet18, the recommended one",
     "unet": "the classic UNet encoder-decoder",
-}
-
-OUTCOME_LABELS = {
-    "ok": "person found",
-    "no_person": "no person found",
-    "not_image": "not an image",
-    "unsupported_image": "unreadable image",
-    "too_many_pixels": "too many pixels",
-    "file_too_big": "file over the download limit",
-    "busy": "queue full",
-    "user_limit": "per-user limit",
-    "timeout": "timed out",
-    "shutdown": "interrupted by a restart",
-    "download_failed": "download failed",
-    "model_unavailable": "model unavailable",
-    "result_too_big": "result over the upload limit",
-    "error": "internal error",
 }
 
 TEXT_HINT = "Send me a photo of a person and I'll send it back with the background removed. See /help for how it works."
@@ -38,11 +22,12 @@ DOWNLOAD_FAILED = "I couldn't download that file from Telegram. Please send it a
 GENERIC_ERROR = "Sorry, something went wrong on my side. Please try again later."
 NO_PERSON_NOTE = "I couldn't find a person in this photo, so the result may be mostly transparent."
 STATS_REFUSED = "Sorry, that command isn't available to you."
+STATS_PRIVATE_ONLY = "/stats works in a private chat with me only. Send it to me there."
 
 
 def megabytes(size: int) -> str:
-    """A byte count as "20 MB" (binary megabytes, as Telegram counts them)."""
-    return f"{size / (1024 * 1024):.0f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
+    """A byte count as "20 MB" (decimal megabytes, as Telegram states its limits)."""
+    return f"{size / 1e6:.0f} MB" if size >= 1_000_000 else f"{size / 1000:.0f} KB"
 
 
 def welcome(current: str, models: tuple[str, ...], max_download: int) -> str:
@@ -155,11 +140,11 @@ def stats_report(stats: StoreStats, uptime_s: float, queue_depth: int, in_flight
     """The /stats text for admins."""
 
     def kinds(success: bool) -> str:
-        parts = [
-            f"{OUTCOME_LABELS.get(kind, kind)} {count}"
-            for kind, count in stats.outcomes.items()
-            if (kind in SUCCESS_KINDS) == success
-        ]
+        parts = []
+        for kind, count in stats.outcomes.items():
+            outcome = parse_outcome(kind)  # None: an outcome a newer version stored, shown as stored
+            if (outcome is not None and outcome.succeeded) == success:
+                parts.append(f"{outcome.label if outcome else kind} {count}")
         return f" ({', '.join(parts)})" if parts else ""
 
     lines = [

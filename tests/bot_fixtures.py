@@ -92,12 +92,13 @@ async def start_bot(settings: Settings, engine: InferenceEngine | None = None) -
 
 
 async def stop_bot(application: Application) -> None:
-    """Stop it the way run_polling does on SIGTERM (updater, stop, post_stop, shutdown, post_shutdown)."""
+    """Stop it the way run_polling does on SIGTERM (updater, stop, post_stop if any, shutdown, post_shutdown)."""
     if application.updater.running:
         await application.updater.stop()
     if application.running:
         await application.stop()
-        await application.post_stop(application)
+        if application.post_stop:
+            await application.post_stop(application)
     if application._initialized:  # shutdown() refuses to run twice
         await application.shutdown()
         await application.post_shutdown(application)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+BOT_API_DOWNLOAD_LIMIT = 20_000_000  # telegram.constants.FileSizeLimit.FILESIZE_DOWNLOAD
 LONG_POLL_WAIT_S = 0.2  # answer an empty getUpdates quickly so tests (and shutdown) never wait long
 
 

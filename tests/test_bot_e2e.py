@@ -34,9 +34,10 @@ from bot_fixtures import (
 )
 from botapi_stub import BotApiStub
 from PIL import Image
+from telegram.constants import FileSizeLimit
 from telegram.ext import Application
 
-from bot import handlers, texts
+from bot import texts
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_PART = TOKEN.partition(":")[2]
@@ -261,8 +262,9 @@ async def test_bad_inputs_get_specific_answers_and_stats(botapi: BotApiStub, tmp
         assert len(answer[54]) == 1 and answer[54][0].startswith("I couldn't read that image: ")
         assert "truncated" in answer[54][0]
         assert answer[55] == [texts.too_many_pixels(1_250_000, 1_000_000)]
-        assert answer[56] == [texts.file_too_big(25 * 1024 * 1024, 20 * 1024 * 1024)]
-        assert answer[57] == [texts.file_too_big(21 * 1024 * 1024, 20 * 1024 * 1024)]
+        assert answer[56] == [texts.file_too_big(25 * 1024 * 1024, FileSizeLimit.FILESIZE_DOWNLOAD)]
+        assert answer[57] == [texts.file_too_big(21 * 1024 * 1024, FileSizeLimit.FILESIZE_DOWNLOAD)]
+        assert "(26 MB)" in answer[56][0] and "up to 20 MB" in answer[56][0]
         assert answer[58] == [texts.TEXT_HINT]
         assert answer[59] == [texts.OTHER_MEDIA]
         assert answer[60] == [texts.UNKNOWN_COMMAND]
@@ -313,12 +315,9 @@ async def test_no_person_still_gets_a_result_with_a_note(botapi: BotApiStub, tmp
         assert application.bot_data["services"].engine.stats()["completed"] == 1
 
 
-async def test_a_result_over_the_upload_limit_gets_its_own_answer(
-    botapi: BotApiStub, tmp_path: Path, monkeypatch
-) -> None:
+async def test_a_result_over_the_upload_limit_gets_its_own_answer(botapi: BotApiStub, tmp_path: Path) -> None:
     # A 50 MB PNG takes a huge photo to make; lowering the limit exercises the same path with a small one.
-    monkeypatch.setattr(handlers, "MAX_UPLOAD_BYTES", 100)
-    settings = make_settings(tmp_path, botapi)
+    settings = make_settings(tmp_path, botapi, max_upload_bytes=100)
     async with running_bot(settings, nobody_engine(settings)):
         botapi.push_document(72, encode(Image.new("RGB", (240, 320), (90, 140, 210)), "PNG"), "sky.png", "image/png")
         (reply,) = await botapi.wait_for(lambda: botapi.texts(72), 60, "the too-big answer")
@@ -486,8 +485,10 @@ def test_a_rejected_token_exits_2_without_leaking_it(botapi: BotApiStub, tmp_pat
         [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        "bgremover-bot: cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("ERROR bgremover-bot: cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)")
     )
     # python-telegram-bot's own error message quotes the token; the logging filter must have caught it.
     assert wrong.partition(":")[2] not in done.stderr

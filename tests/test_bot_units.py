@@ -6,15 +6,15 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from bot import texts
 from bot.app import RedactingFilter
 from bot.config import Settings, describe_settings_error
-from bot.handlers import classify_document, result_filename
-from bot.store import AsyncStore, Store, percentile
+from bot.naming import result_filename
+from bot.store import AsyncStore, Store
+from bot.triage import classify_document
 
 
 @pytest.fixture
@@ -119,14 +119,6 @@ async def test_async_store_runs_off_the_loop(tmp_path: Path) -> None:
     assert (tmp_path / "nested" / "bot.sqlite3").is_file()
 
 
-def test_percentile_matches_numpy() -> None:
-    rng = np.random.default_rng(1)
-    values = list(rng.random(101))
-    for q in (0, 50, 95, 100):
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-    assert percentile([], 50) is None
-
-
 @pytest.mark.parametrize(
     ("name", "mime", "verdict"),
     [
@@ -159,14 +151,14 @@ def test_result_filename() -> None:
 
 
 def test_texts_read_well() -> None:
-    welcome = texts.welcome("unet", ("deeplab", "unet"), 20 * 1024 * 1024)
+    welcome = texts.welcome("unet", ("deeplab", "unet"), 20_000_000)
     assert (
         "unet (current)" in welcome and "deeplab — " in welcome and "20 MB" in welcome and "/model deeplab" in welcome
     )
     assert texts.queued(1) == (
         "You're number 2 in line: 1 photo is ahead of yours. I'll send the result when it's ready."
     )
-    assert "(25 MB)" in texts.file_too_big(25 * 1024 * 1024, 20 * 1024 * 1024)
+    assert "(25 MB)" in texts.file_too_big(25_000_000, 20_000_000)
     assert texts.result_caption("deeplab", 1.234, True) == "Background removed with deeplab in 1.2 s."
 
 

@@ -1,0 +1,87 @@
+"""What the handlers share: settings, the engine, the store, the photos in progress, and store upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from telegram.ext import ContextTypes
+
+from bot.config import Settings
+from bot.store import AsyncStore
+from segmentation.engine import InferenceEngine
+
+logger = logging.getLogger(__name__)
+
+SERVICES_KEY = "services"
+SECONDS_PER_DAY = 86_400
+# Statistics older than the retention window are pruned this often (and once at start-up).
+PRUNE_INTERVAL_S = 6 * 3600
+
+
+@dataclass
+class Services:
+    """What the handlers share: settings, the engine, the store, and the photos in progress."""
+
+    settings: Settings
+    engine: InferenceEngine
+    store: AsyncStore
+    model_names: tuple[str, ...]
+    started_at: float = field(default_factory=time.monotonic)
+    # Photos each user has in progress (downloading, queued or running). The event loop is single-threaded,
+    # so plain increments are race-free.
+    pending: Counter[int] = field(default_factory=Counter)
+    # The handler tasks of accepted photos, so a shutdown past its bound can end them.
+    photo_tasks: set[asyncio.Task] = field(default_factory=set)
+    _maintenance: asyncio.Task | None = field(default=None, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def pending_slot(self, user_id: int) -> Iterator[None]:
+        """Count a photo against its user's limit for the duration of the block, on every path."""
+        self.pending[user_id] += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.photo_tasks.add(task)
+        try:
+            yield
+        finally:
+            self.photo_tasks.discard(task)
+            self.pending[user_id] -= 1
+            if self.pending[user_id] <= 0:
+                del self.pending[user_id]
+
+    async def prune_statistics(self) -> int:
+        """Drop per-request statistics older than the retention window (on the store's thread); returns the count."""
+        deleted = await self.store.prune(self.settings.stats_retention_days * SECONDS_PER_DAY)
+        if deleted:
+            logger.info("pruned %d request events older than %g days", deleted, self.settings.stats_retention_days)
+        return deleted
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune_statistics()
+            except Exception:  # upkeep is best-effort: try again next time
+                logger.exception("could not prune the statistics")
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
+    def start_maintenance(self) -> None:
+        """Prune the statistics now and every PRUNE_INTERVAL_S."""
+        if self._maintenance is None:
+            self._maintenance = asyncio.create_task(self._prune_forever(), name="prune-statistics")
+
+    def stop_maintenance(self) -> None:
+        """Stop the pruning task (a batch in progress finishes on the store's thread)."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
+
+
+def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
+    """The shared services of the application that runs this handler."""
+    return context.bot_data[SERVICES_KEY]
