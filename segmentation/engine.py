@@ -248,7 +248,9 @@ class InferenceEngine:
         if self._closing:
             raise EngineClosedError("the engine is shutting down")
         self._start()
-        if self._reserved + self._waiting >= self.config.queue_size:
+        # An idle worker is a place too: the photo it will take never waits in the queue.
+        idle_workers = max(0, self.config.workers - self._in_flight)
+        if self._reserved + self._waiting >= self.config.queue_size + idle_workers:
             raise QueueFullError(f"the queue is full ({self.config.queue_size} waiting)")
         self._reserved += 1
         return Reservation(self)

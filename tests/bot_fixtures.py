@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,6 +78,24 @@ def nobody_engine(settings: Settings) -> InferenceEngine:
             return torch.full((batch.shape[0], 1, *batch.shape[2:]), -20.0)
 
     predictor = Predictor(Nobody(), ModelCard(architecture="deeplab", inference_size=64), fast=False)
+    config = EngineConfig(queue_size=settings.queue_size, workers=1, max_pixels=settings.max_pixels, torch_threads=1)
+    return InferenceEngine(config, predictors={"deeplab": predictor})
+
+
+def gated_engine(settings: Settings, gate: threading.Event) -> InferenceEngine:
+    """Like nobody_engine, but each photo's network call waits until `gate` is set (at most a minute)."""
+    import torch
+    from torch import nn
+
+    from segmentation.predictor import Predictor
+    from segmentation.weights_io import ModelCard
+
+    class GatedNobody(nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            gate.wait(60)
+            return torch.full((batch.shape[0], 1, *batch.shape[2:]), -20.0)
+
+    predictor = Predictor(GatedNobody(), ModelCard(architecture="deeplab", inference_size=64), fast=False)
     config = EngineConfig(queue_size=settings.queue_size, workers=1, max_pixels=settings.max_pixels, torch_threads=1)
     return InferenceEngine(config, predictors={"deeplab": predictor})
 

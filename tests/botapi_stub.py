@@ -85,6 +85,7 @@ class BotApiStub:
         self.calls: list[ApiCall] = []
         self.messages: dict[tuple[int, int], SentMessage] = {}
         self.errors: list[str] = []  # requests the stub could not understand: a test should fail on any
+        self.file_server_down = False  # when set, file downloads answer 502 Bad Gateway
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -419,6 +420,10 @@ class _Handler(BaseHTTPRequestHandler):
         """File downloads: /file/bot<token>/<file_path>."""
         prefix = f"/file/bot{self.owner.token}/"
         path = unquote(self.path)  # python-telegram-bot percent-encodes the token's colon in file URLs
+        if self.owner.file_server_down:
+            self.owner.calls.append(ApiCall("download", {"file_path": path[len(prefix) :], "failed": True}))
+            self._send_json(*self.owner._error(502, "Bad Gateway"))
+            return
         data = self.owner.download(path[len(prefix) :]) if path.startswith(prefix) else None
         if data is None:
             self.owner.errors.append(f"download of an unknown file: {path.replace(self.owner.token, '<token>')}")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from bot_fixtures import (
     encode,
     fixture_mask,
     fixture_photo,
+    gated_engine,
     make_engine,
     make_settings,
     nobody_engine,
@@ -493,3 +495,149 @@ def test_a_rejected_token_exits_2_without_leaking_it(botapi: BotApiStub, tmp_pat
     # python-telegram-bot's own error message quotes the token; the logging filter must have caught it.
     assert wrong.partition(":")[2] not in done.stderr
     assert "[REDACTED]" in done.stderr
+
+
+def file_ids_fetched(stub: BotApiStub) -> set[str]:
+    """The file_ids the bot asked getFile for (a download always starts with getFile)."""
+    return {call.params["file_id"] for call in stub.calls_of("getFile")}
+
+
+async def test_a_full_queue_answers_busy_before_any_download(botapi: BotApiStub, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, botapi, queue_size=1, user_pending_limit=5)
+    gate = threading.Event()
+    engine = gated_engine(settings, gate)
+    photo = encode(Image.new("RGB", (120, 90), (90, 140, 210)))
+    try:
+        async with running_bot(settings, engine) as application:
+            running = botapi.push_photo(201, photo, (120, 90))
+            await botapi.wait_for(lambda: engine.in_flight == 1, 30, "the first photo to run")
+            waiting = botapi.push_photo(202, photo, (120, 90))
+            await botapi.wait_for(lambda: engine.queue_depth == 1, 30, "the second photo to queue")
+            refused = botapi.push_photo(203, photo, (120, 90))
+            await botapi.wait_for(lambda: botapi.texts(203), 30, "the busy answer")
+
+            assert botapi.texts(203) == [texts.BUSY]
+            assert file_ids_fetched(botapi) == {running, waiting}  # the refused photo was never downloaded
+            assert refused not in {call.params["file_path"].split("/")[0] for call in botapi.calls_of("download")}
+            assert botapi.texts(202) == [texts.queued(1)]  # admitted, so promised a place
+
+            gate.set()
+            await botapi.wait_for(lambda: botapi.documents(201) and botapi.documents(202), 30, "both results")
+            await wait_recorded(application, 3)
+            svc = application.bot_data["services"]
+            assert not svc.pending and engine.reserved == 0 and engine.queue_depth == 0
+    finally:
+        gate.set()
+    # The place-in-line message went away with the result; the refused chat never saw one.
+    assert botapi.texts(202) == []
+    assert all("in line" not in (m.text or "") for m in botapi.transcript(203, include_deleted=True))
+    assert_friendly(botapi, 201, 202, 203)
+
+
+async def test_the_users_slot_and_the_queue_place_come_back_on_every_path(botapi: BotApiStub, tmp_path: Path) -> None:
+    # One photo per user at a time: each answer below could only come if the previous photo gave its slot back.
+    settings = make_settings(tmp_path, botapi, user_pending_limit=1, max_pixels=1_000_000)
+    user, chat = 211, 211
+    big_canvas = encode(Image.new("RGB", (1250, 1000), (200, 180, 160)), "PNG")
+    sky = encode(Image.new("RGB", (240, 320), (90, 140, 210)), "PNG")
+    async with running_bot(settings, nobody_engine(settings)) as application:
+        engine = application.bot_data["services"].engine
+
+        async def send(push, expected_answers: int) -> None:
+            push()
+            await botapi.wait_for(lambda: answered(botapi, chat, expected_answers), 30, f"answer {expected_answers}")
+
+        # Telegram states the photo's size: refused before a place is taken or anything is downloaded.
+        await send(lambda: botapi.push_photo(chat, b"\xff\xd8\xff", (4000, 3000), user_id=user), 1)
+        assert not botapi.calls_of("getFile")
+        # Refused from the header alone, after the download and before the line.
+        await send(lambda: botapi.push_document(chat, big_canvas, "huge.png", "image/png", user_id=user), 2)
+        await send(lambda: botapi.push_document(chat, b"GIF89a" + b"\x00" * 5, "x.gif", "image/gif", user_id=user), 3)
+        botapi.file_server_down = True
+        await send(lambda: botapi.push_document(chat, sky, "sky.png", "image/png", user_id=user), 4)
+        botapi.file_server_down = False
+        await send(lambda: botapi.push_document(chat, sky, "sky.png", "image/png", user_id=user), 5)
+        await wait_recorded(application, 5)
+        assert not application.bot_data["services"].pending
+        assert (engine.reserved, engine.queue_depth, engine.in_flight) == (0, 0, 0)
+        assert engine.stats()["completed"] + engine.stats()["failed"] == 1  # only the good file reached a worker
+
+    answers = botapi.texts(chat)
+    assert answers[0] == texts.too_many_pixels(12_000_000, 1_000_000)
+    assert answers[1] == texts.too_many_pixels(1_250_000, 1_000_000)
+    assert answers[2].startswith("I couldn't read that image: ")
+    assert answers[3] == texts.DOWNLOAD_FAILED
+    assert len(answers) == 4 and len(botapi.documents(chat)) == 1
+    assert texts.user_limit(1) not in answers
+    assert_friendly(botapi, chat)
+
+
+async def test_stats_only_for_admins_and_only_in_a_private_chat(botapi: BotApiStub, tmp_path: Path) -> None:
+    group = -5001
+    async with running_bot(make_settings(tmp_path, botapi)):
+        botapi.push_text(group, "/stats", user_id=ADMIN_ID)
+        botapi.push_text(group - 1, "/stats", user_id=999)
+        await botapi.wait_for(lambda: botapi.texts(group) and botapi.texts(group - 1), 20, "both group answers")
+        botapi.push_text(ADMIN_ID, "/stats", user_id=ADMIN_ID)
+        await botapi.wait_for(lambda: botapi.texts(ADMIN_ID), 20, "the private answer")
+    assert botapi.texts(group) == [texts.STATS_PRIVATE_ONLY]  # no figures where the group can read them
+    assert botapi.texts(group - 1) == [texts.STATS_REFUSED]
+    assert botapi.texts(ADMIN_ID)[0].startswith("Bot statistics")
+
+
+async def test_a_failed_button_press_is_still_answered(botapi: BotApiStub, tmp_path: Path) -> None:
+    async with running_bot(make_settings(tmp_path, botapi)) as application:
+        botapi.push_text(221, "/model")
+        (menu,) = await botapi.wait_for(lambda: botapi.transcript(221), 20, "/model answer")
+
+        async def broken(chat_id: int, model: str) -> None:
+            raise RuntimeError("the disk is full")
+
+        application.bot_data["services"].store.set_model = broken
+        botapi.push_callback(221, "model:unet", menu.message_id)
+        (answer,) = await botapi.wait_for(lambda: botapi.calls_of("answerCallbackQuery"), 20, "the callback answer")
+    assert answer.params["text"] == texts.GENERIC_ERROR  # the spinner stops, with an apology instead of the switch
+    assert menu.text == texts.model_current("deeplab")
+
+
+@needs_deeplab
+def test_sigterm_in_the_middle_of_a_burst_answers_every_photo(botapi: BotApiStub, tmp_path: Path) -> None:
+    shutdown_timeout = 2.0
+    env = bot_process_env(
+        botapi, tmp_path, TOKEN, BOT_QUEUE_SIZE="3", BOT_SHUTDOWN_TIMEOUT=str(shutdown_timeout), BOT_LOG_LEVEL="INFO"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    chats = range(301, 309)
+    try:
+        botapi.push_text(300, "/start")  # ready once it answers
+        deadline = time.monotonic() + 90
+        while not botapi.texts(300) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert botapi.texts(300), "the bot never started"
+        photo = big_photo(1200, 1800)
+        for chat in chats:  # one running, three waiting, the rest busy
+            botapi.push_photo(chat, photo, (1200, 1800))
+        deadline = time.monotonic() + 60
+        while not any(botapi.texts(chat) for chat in chats) and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the burst has been triaged: someone is in line or refused
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        exited_after = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr[-3000:]
+    # Bounded by BOT_SHUTDOWN_TIMEOUT, plus the last long poll and the interpreter's exit (generous: a busy machine).
+    assert exited_after < shutdown_timeout + 15, exited_after
+    finals = {chat: final_texts(botapi, chat) for chat in chats}
+    for chat in chats:
+        assert len(botapi.documents(chat)) + len(finals[chat]) == 1, (chat, finals[chat])
+        assert all(text in (texts.BUSY, texts.RESTARTING) for text in finals[chat]), finals[chat]
+    accepted = [chat for chat in chats if texts.BUSY not in finals[chat]]
+    assert len(accepted) >= 2  # the work that was under way was answered, with a result or "restarting"
+    assert "inference engine closed" in stderr and "Traceback" not in stderr
+    assert SECRET_PART not in stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from bot import texts
 from bot.app import RedactingFilter
 from bot.config import Settings, describe_settings_error
 from bot.naming import result_filename
-from bot.store import AsyncStore, Store
 from bot.triage import classify_document
 
 
@@ -75,48 +73,6 @@ def test_settings_errors_are_one_clear_line(
     line = describe_settings_error(caught.value)
     assert expected in line
     assert "\n" not in line
-
-
-def test_store_settings_and_stats_persist(tmp_path: Path) -> None:
-    path = tmp_path / "bot.sqlite3"
-    store = Store(path)
-    assert store.get_model(1) is None
-    store.set_model(1, "unet")
-    store.set_model(1, "deeplab")
-    store.set_model(2, "unet")
-    now = time.time()
-    store.record(1, "deeplab", "ok", 0.5, at=now - 10)
-    store.record(1, "deeplab", "ok", 1.5, at=now - 5)
-    store.record(3, "unet", "no_person", 2.0, at=now - 2 * 86_400)
-    store.record(3, "unet", "busy", at=now)
-    store.record(4, "deeplab", "not_image", at=now)
-    store.close()
-
-    store = Store(path)  # reopened: everything is still there
-    assert store.get_model(1) == "deeplab"
-    assert store.get_model(2) == "unet"
-    stats = store.stats(now=now)
-    store.close()
-    assert stats.total == 5
-    assert stats.last_24h == 4
-    assert stats.outcomes == {"ok": 2, "busy": 1, "no_person": 1, "not_image": 1}
-    assert (stats.successes, stats.failures) == (3, 2)
-    assert stats.models["deeplab"].count == 2
-    assert stats.models["deeplab"].p50 == pytest.approx(1.0)
-    assert stats.models["deeplab"].p95 == pytest.approx(1.45)
-    assert stats.models["unet"].count == 1 and stats.models["unet"].p95 == pytest.approx(2.0)
-    assert stats.distinct_chats == 4  # 1, 2 (settings only), 3, 4
-
-
-async def test_async_store_runs_off_the_loop(tmp_path: Path) -> None:
-    store = AsyncStore(tmp_path / "nested")
-    await store.open()
-    await store.set_model(7, "unet")
-    await store.record(7, "unet", "ok", 0.25)
-    assert await store.get_model(7) == "unet"
-    assert (await store.stats()).total == 1
-    await store.close()
-    assert (tmp_path / "nested" / "bot.sqlite3").is_file()
 
 
 @pytest.mark.parametrize(
@@ -181,3 +137,58 @@ def test_redacting_filter_covers_messages_args_and_tracebacks() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "bot id 123456", (), None)
     redactor.filter(record)
     assert record.getMessage() == "bot id 123456"
+
+
+def test_redaction_covers_loggers_and_handlers_created_after_it_was_installed(tmp_path: Path) -> None:
+    from bot.app import install_log_hygiene
+
+    token = "777:SECRET-late-handler-token"
+    install_log_hygiene(token)
+    late_file = tmp_path / "late.log"
+    handler = logging.FileHandler(late_file)
+    late_logger = logging.getLogger("a.library.configured.later")
+    late_logger.propagate = False  # reaches no handler of the root logger: only its own
+    late_logger.addHandler(handler)
+    try:
+        late_logger.warning("calling https://api.telegram.org/bot%s/getMe", token)
+        try:
+            raise RuntimeError(f"failed with {token}")
+        except RuntimeError:
+            late_logger.exception("boom")
+    finally:
+        late_logger.removeHandler(handler)
+        handler.close()
+    written = late_file.read_text()
+    assert "SECRET-late" not in written
+    assert "bot[REDACTED]/getMe" in written and "failed with [REDACTED]" in written
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "verdict"),
+    [
+        ("clip.mpg", None, "a video"),  # in Pillow's registry, but not a photo
+        ("scan.tif", None, None),
+        ("icon.qoi", None, None),
+        ("page.PCX", "application/octet-stream", None),
+    ],
+)
+def test_classify_document_with_pillows_extensions(name: str, mime: str | None, verdict: str | None) -> None:
+    assert classify_document(name, mime) == verdict
+
+
+def test_outcomes_are_one_enum_with_labels() -> None:
+    from bot.outcomes import SUCCESSES, Outcome, parse_outcome
+
+    assert {outcome for outcome in Outcome if outcome.succeeded} == SUCCESSES == {Outcome.OK, Outcome.NO_PERSON}
+    assert all(outcome.label and outcome.label != outcome.value for outcome in Outcome)
+    assert parse_outcome("busy") is Outcome.BUSY and parse_outcome("nonsense") is None
+    assert f"{Outcome.TIMEOUT}" == "timeout"  # stored and compared as plain text
+
+
+def test_size_limits_are_telegrams() -> None:
+    from telegram.constants import FileSizeLimit
+
+    from bot.config import MAX_DOWNLOAD_BYTES, MAX_UPLOAD_BYTES
+
+    assert (MAX_DOWNLOAD_BYTES, MAX_UPLOAD_BYTES) == (FileSizeLimit.FILESIZE_DOWNLOAD, FileSizeLimit.FILESIZE_UPLOAD)
+    assert texts.megabytes(FileSizeLimit.FILESIZE_UPLOAD) == "50 MB"

@@ -282,7 +282,8 @@ async def test_missing_weights_are_model_unavailable_and_bad_uploads_still_get_t
 
 
 async def test_a_reservation_holds_a_place_until_used_or_released(make_engine) -> None:
-    engine, net = make_engine(open_gate=False, queue_size=2)
+    engine, net = make_engine(open_gate=False, queue_size=1)
+    # Two places: one in the queue, and the idle worker's.
     first, second = engine.reserve(), engine.reserve()
     assert engine.reserved == 2 and engine.queue_depth == 0
     with pytest.raises(QueueFullError):
