@@ -7,8 +7,11 @@ stays well under a minute on two busy cores.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import training.train as train_module
 from segmentation.models import create_model
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
 from training.augment import MEAN_RGB, build_augment
+from training.checkpoints import load_checkpoint
 from training.composite import Compositor, cut_out
 from training.config import TrainConfig
 from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for
@@ -169,8 +173,8 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     train(broken, resume=True, log=messages.append)
     assert any(message.startswith("resumed") and "step 4" in message for message in messages)
 
-    expected = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)
+    expected = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "broken" / "checkpoint.pt")
     assert resumed["step"] == expected["step"] == 6
     for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
@@ -184,7 +188,7 @@ def test_epochs_set_the_step_count_and_validation_runs_once_per_epoch(people: Pa
     train(config, log=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "epochs" / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if record["kind"] == "val"] == [3, 6]
-    assert torch.load(tmp_path / "epochs" / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert load_checkpoint(tmp_path / "epochs" / "checkpoint.pt")["step"] == 6
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +266,53 @@ def test_seeded_samples_repeat_for_the_same_seed(people: Path) -> None:
     first, again, other = samples[(1, 77)], samples[(1, 77)], samples[(1, 78)]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
+
+
+def test_ranks_share_one_stream_without_overlap() -> None:
+    """Under torchrun each rank takes every other sample of the one stream; resuming keeps the split."""
+    whole = [item for item, _ in zip(ResumableSampler(size=7, seed=4), range(40), strict=False)]
+    ranks = [ResumableSampler(size=7, seed=4, rank=rank, world=2) for rank in (0, 1)]
+    shares = [[item for item, _ in zip(sampler, range(20), strict=False)] for sampler in ranks]
+    assert shares[0] == whole[0::2] and shares[1] == whole[1::2]
+    assert not {seed for _, seed in shares[0]} & {seed for _, seed in shares[1]}  # no sample seen twice
+    resumed = ResumableSampler(size=7, seed=4, start=10, rank=1, world=2)
+    assert [item for item, _ in zip(resumed, range(5), strict=False)] == whole[11:20:2]
+
+
+def toml_config(config: TrainConfig, path: Path) -> Path:
+    """Write a config as a TOML file (the plain values a TrainConfig holds)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in config.to_dict().items() if value != {}]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_torchrun_trains_on_two_processes_and_resumes(people: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo): one log, one checkpoint with both ranks' RNG, and a resume that continues."""
+    out_dir = tmp_path / "ddp"
+    config = tiny_config(people, out_dir, steps=20, batch_size=2, eval_every=20, schedule="constant", lr=2e-3)
+    path = toml_config(config, tmp_path / "ddp.toml")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "training.train", str(path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = load_checkpoint(out_dir / "checkpoint.pt")
+    assert checkpoint["step"] == 20 and len(checkpoint["rng_per_rank"]) == 2
+    assert not torch.equal(checkpoint["rng_per_rank"][0]["torch"], checkpoint["rng_per_rank"][1]["torch"])
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [record["step"] for record in records if record["kind"] == "train"]
+    assert train_steps == [10, 20]  # rank 0 alone writes the log
+    losses = [record["loss"] for record in records if record["kind"] == "train"]
+    assert losses[-1] < losses[0]
+    assert first.stdout.count("training pairs") == 1  # one voice
+
+    second = subprocess.run(
+        [*command, "--resume", "--steps", "30"], cwd=root, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at step 20" in second.stdout
+    assert load_checkpoint(out_dir / "checkpoint.pt")["step"] == 30
 
 
 def test_weighted_sampler_draws_each_set_in_its_share_and_restarts_exactly() -> None:
@@ -586,7 +637,7 @@ def test_padding_uses_the_mean_colour_and_background_label() -> None:
 
 
 def test_export_round_trips_through_the_shipped_format(trained_run: Path, tmp_path: Path) -> None:
-    checkpoint = torch.load(trained_run / "best.pt", weights_only=False)
+    checkpoint = torch.load(trained_run / "best.pt", weights_only=True)
     card = export(trained_run / "best.pt", tmp_path / "weights", log=lambda _: None)
     assert sorted(path.name for path in (tmp_path / "weights").iterdir()) == ["deeplab.json", "deeplab.safetensors"]
     tensors = load_file(tmp_path / "weights" / "deeplab.safetensors")
@@ -768,7 +819,7 @@ def test_export_refuses_what_is_not_a_matching_checkpoint(trained_run: Path, tmp
     torch.save({"model": {}}, tmp_path / "foreign.pt")
     with pytest.raises(ExportError, match=r"foreign\.pt is not a training checkpoint: it lacks config, step"):
         export(tmp_path / "foreign.pt", tmp_path / "out")
-    checkpoint = torch.load(trained_run / "best.pt", weights_only=False)
+    checkpoint = torch.load(trained_run / "best.pt", weights_only=True)
     checkpoint["config"]["model"] = "unet"
     torch.save(checkpoint, tmp_path / "mislabelled.pt")
     with pytest.raises(ExportError, match=r"mislabelled\.pt does not fit the 'unet' architecture"):

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, ModelCard, WeightsError, save_weights
+from training.checkpoints import load_checkpoint
 from training.config import TrainConfig
 from training.data import DatasetError, pairs_for
 from training.evaluate import evaluate, evaluation_command, format_table, positive_int
@@ -63,8 +62,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExportError(f"no checkpoint at {path}")
     try:
-        # Our own files; weights_only=False because checkpoint.pt also holds Python and NumPy RNG states.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
     except Exception as error:  # torch.load raises many types for a corrupt or foreign file
         raise ExportError(f"cannot read checkpoint {path}: {error}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]

@@ -8,16 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shlex
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segmentation.cpu import cpu_supports_bf16
@@ -25,6 +30,7 @@ from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_state
 from training.augment import as_tensors, build_augment
+from training.checkpoints import load_checkpoint, save_atomically
 from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
 from training.data import InMemoryPairs, pairs_for
@@ -41,9 +47,19 @@ class ResumableSampler(Sampler):
     would have seen.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0, weights: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        start: int = 0,
+        weights: list[float] | None = None,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.size, self.seed, self.start = size, seed, start
         self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         position = self.start
@@ -55,7 +71,9 @@ class ResumableSampler(Sampler):
             else:
                 order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
             for index in order[offset:].tolist():
-                yield index, self.seed * 1_000_003 + position
+                # Under torchrun each rank takes every world-th sample of the one stream: no sample twice.
+                if position % self.world == self.rank:
+                    yield index, self.seed * 1_000_003 + position
                 position += 1
 
 
@@ -240,8 +258,30 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     plt.close(figure)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig, best: float) -> None:
-    """Write everything needed to continue exactly: weights, optimiser, schedule, step, RNG, config."""
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: Python, NumPy, torch CPU and (where present) CUDA."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        # Dropout on a GPU draws from the CUDA generator, which the CPU state does not cover.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, step: int, config: TrainConfig, best: float, rng: list[dict]
+) -> None:
+    """Write everything needed to continue exactly: weights, optimiser, schedule, step, config, every rank's RNG."""
     checkpoint = {
         "config": config.to_dict(),
         "model": model.state_dict(),
@@ -249,17 +289,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: 
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best_selection": best,
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            # Dropout on a GPU draws from the CUDA generator, which the CPU state does not cover.
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
+        "rng": rng[0],
+        "rng_per_rank": rng,
     }
-    temporary = path.with_suffix(".tmp")
-    torch.save(checkpoint, temporary)
-    temporary.replace(path)  # atomic: a crash mid-write never leaves a broken checkpoint
+    save_atomically(checkpoint, path)
 
 
 def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
@@ -268,7 +301,7 @@ def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
     if path.suffix == ".safetensors":
         load_state(config.model, model, path)
     else:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(path)["model"])
 
 
 def forget_after(log_path: Path, step: int) -> None:
@@ -290,15 +323,79 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose 'adam' or 'adamw'")
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (rank 0 of 1 when run as a single process)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0 logs, validates and writes checkpoints; the others only train."""
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (absent: a single process)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's value, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        """Wait for every rank (rank 0 validating and writing checkpoints, say)."""
+        if self.world > 1:
+            dist.barrier()
+
+
 def train(config: TrainConfig, resume: bool = False, device: str | None = None, log=print) -> dict:
-    """Run (or resume) one training run; returns the last validation report."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Run (or resume) one training run; returns the last validation report.
+
+    Under torchrun (WORLD_SIZE > 1) it runs DistributedDataParallel: gloo on CPU, NCCL on GPUs, each rank
+    drawing its own share of one sample stream; batch_size is per process, a step consumes it on every rank.
+    """
+    ranks = Distributed.from_environment()
+    if device is None:
+        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if ranks.world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if not ranks.leader:
+        log = lambda message: None  # noqa: E731 - one voice in the log
+    try:
+        return _train(config, resume, device, ranks, log)
+    finally:
+        if ranks.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distributed, log) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
 
+    # The same seed everywhere: every rank builds the same model. Augmentation draws from each sample's
+    # own seed, so ranks differ only in which samples of the stream they take.
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -306,9 +403,11 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
     # Data: decoded once into memory, shrunk to the largest size the augmentation will ask for.
     max_side = math.ceil(config.inference_size * config.scale_range[1])
     train_data = InMemoryPairs(pairs_for(config.data, "train"), max_side)
-    val_data = InMemoryPairs(pairs_for(config.data, "val"), None)
-    log(f"{len(train_data)} training pairs, {len(val_data)} validation pairs from {', '.join(config.data)}")
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    val_pairs = pairs_for(config.data, "val")
+    val_data = InMemoryPairs(val_pairs, None) if ranks.leader else None  # only rank 0 validates
+    log(f"{len(train_data)} training pairs, {len(val_pairs)} validation pairs from {', '.join(config.data)}")
+    samples_per_step = config.batch_size * ranks.world
+    steps_per_epoch = math.ceil(len(train_data) / samples_per_step)
     if config.epochs:
         config.steps = math.ceil(config.epochs * steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
@@ -326,26 +425,33 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
 
     step, best = 0, -1.0
     if resuming:
-        # Loaded to the CPU: torch.set_rng_state needs a CPU tensor (a CUDA map_location broke GPU resumes);
         # load_state_dict moves weights and optimiser state onto the model's device itself.
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.get("rng_per_rank") and len(checkpoint["rng_per_rank"]) != ranks.world:
+            raise ValueError(
+                f"{checkpoint_path} was written by {len(checkpoint['rng_per_rank'])} processes; "
+                f"resume it with as many (--nproc-per-node), not {ranks.world}"
+            )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         step, best = checkpoint["step"], checkpoint.get("best_selection", -1.0)
-        random.setstate(checkpoint["rng"]["python"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if checkpoint["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        forget_after(log_path, step)
+        set_rng_state(checkpoint.get("rng_per_rank", [checkpoint["rng"]])[ranks.rank])
+        if ranks.leader:
+            forget_after(log_path, step)
         log(f"resumed from {checkpoint_path} at step {step}")
+    elif ranks.world > 1:
+        torch.manual_seed(config.seed * 1009 + ranks.rank)  # dropout masks of their own on each rank
+    trained = DistributedDataParallel(model) if ranks.world > 1 else model
 
     augment = build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
     weights = sampling_weights(train_data.pairs, config.data_weights)
+    sampler = ResumableSampler(
+        len(train_data), config.seed, start=step * samples_per_step, weights=weights, rank=ranks.rank, world=ranks.world
+    )
     loader = DataLoader(
         SeededSamples(train_data, augment, config.composite_probability),
-        sampler=ResumableSampler(len(train_data), config.seed, start=step * config.batch_size, weights=weights),
+        sampler=sampler,
         batch_size=config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
@@ -355,17 +461,23 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
         generator=torch.Generator().manual_seed(config.seed),
     )
 
+    def checkpoint_now() -> None:
+        states = ranks.gather(rng_state())  # every rank takes part; rank 0 writes
+        if ranks.leader:
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best, states)
+
     report: dict = {}
+    checkpoint_seconds = config.checkpoint_minutes * 60
     last_checkpoint = started = time.monotonic()
     window_loss, window_images, window_start = 0.0, 0, time.monotonic()
     batches = iter(loader)
-    with open(log_path, "a") as metrics_log:
+    with open(log_path, "a") if ranks.leader else nullcontext() as metrics_log:
         while step < config.steps:
             images, masks = next(batches)
             images = normalise(images.to(device)).contiguous(memory_format=torch.channels_last)
             masks = masks.to(device).float()
             with autocast_for(device):
-                logits = model(images)
+                logits = trained(images)
             loss = loss_fn(logits.float(), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -375,14 +487,14 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
             window_loss += loss.item() * len(images)
             window_images += len(images)
 
-            if step % 10 == 0 or step == config.steps:
+            if (step % 10 == 0 or step == config.steps) and ranks.leader:
                 elapsed = time.monotonic() - window_start
                 record = {
                     "kind": "train",
                     "step": step,
                     "loss": window_loss / window_images,
                     "lr": scheduler.get_last_lr()[0],
-                    "images_per_s": window_images / elapsed,
+                    "images_per_s": window_images * ranks.world / elapsed,
                     "minutes": (time.monotonic() - started) / 60,
                 }
                 metrics_log.write(json.dumps(record) + "\n")
@@ -396,28 +508,30 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
                 window_loss, window_images, window_start = 0.0, 0, time.monotonic()
 
             if step % eval_every == 0 or step == config.steps:
-                report = validate(model, val_data, config)
-                metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
-                metrics_log.flush()
-                log(
-                    "val "
-                    + "  ".join(
-                        f"{k} dice {v['dice']:.4f} iou {v['iou']:.4f} kept {v['kept']:.3f}" for k, v in report.items()
+                if ranks.leader:
+                    report = validate(model, val_data, config)
+                    metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
+                    metrics_log.flush()
+                    log(
+                        "val "
+                        + "  ".join(
+                            f"{k} dice {v['dice']:.4f} iou {v['iou']:.4f} kept {v['kept']:.3f}"
+                            for k, v in report.items()
+                        )
+                        + f"  selection {report['all']['selection']:.4f}"
                     )
-                    + f"  selection {report['all']['selection']:.4f}"
-                )
-                save_preview(model, val_data, config, device, out_dir / f"preview-{step:06d}.png")
-                plot_curves(log_path, out_dir / "curves.png")
-                if report["all"]["selection"] > best:
-                    best = report["all"]["selection"]
-                    torch.save(
-                        {"config": config.to_dict(), "model": model.state_dict(), "step": step, "metrics": report},
-                        out_dir / "best.pt",
-                    )
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best)
+                    save_preview(model, val_data, config, device, out_dir / f"preview-{step:06d}.png")
+                    plot_curves(log_path, out_dir / "curves.png")
+                    if report["all"]["selection"] > best:
+                        best = report["all"]["selection"]
+                        best_state = {"config": config.to_dict(), "model": model.state_dict(), "step": step}
+                        save_atomically({**best_state, "metrics": report}, out_dir / "best.pt")
+                checkpoint_now()
+                ranks.barrier()
                 last_checkpoint = time.monotonic()
-            elif time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
-                save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best)
+            # Rank 0's clock decides, so that every rank joins the same checkpoint.
+            elif ranks.broadcast(time.monotonic() - last_checkpoint > checkpoint_seconds):
+                checkpoint_now()
                 last_checkpoint = time.monotonic()
     return report
 
