@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import queue
 import threading
 import time
@@ -128,7 +129,7 @@ class _DaemonThreadPool(Executor):
     def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Run function(*args) on a pool thread."""
         future: Future = Future()
-        self._tasks.put((future, (lambda: function(*args, **kwargs)) if kwargs else function, () if kwargs else args))
+        self._tasks.put((future, functools.partial(function, *args, **kwargs), ()))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
