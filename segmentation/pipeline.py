@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from segmentation.decoding import DEFAULT_MAX_PIXELS, decode_image
@@ -31,16 +30,21 @@ class RemovalResult:
     person_found: bool = False
 
 
-def render(image: Image.Image, predictor: Predictor, options: RenderOptions = DEFAULT_OPTIONS) -> RemovalResult:
-    """Predict, refine, compose and encode one decoded photo, with the time of each stage."""
+def render(
+    image: Image.Image, predictor: Predictor, options: RenderOptions = DEFAULT_OPTIONS, *, in_place: bool = False
+) -> RemovalResult:
+    """Predict, refine, compose and encode one decoded photo, with the time of each stage.
+
+    `in_place`: the photo may be overwritten by the result (saves a full-size copy of a photo nobody reuses).
+    """
     started = time.perf_counter()
-    alpha, timings = predictor.predict_alpha_timed(image, refine=not options.hard)
-    if options.hard:
-        alpha = (alpha >= predictor.card.threshold).astype(np.float32)
+    alpha, timings = predictor.predict_alpha8_timed(image, hard=options.hard)
+    # From the matte's histogram (Pillow's, on the shared buffer): no full-size boolean or int64 temporary.
+    histogram = Image.fromarray(alpha, mode="L").histogram()
+    foreground = sum(histogram[predictor.threshold8 :]) / alpha.size
     composed = time.perf_counter()
-    png = compose_png(image, alpha, options)
+    png = compose_png(image, alpha, options, in_place=in_place)
     finished = time.perf_counter()
-    foreground = float((alpha >= predictor.card.threshold).mean())
     return RemovalResult(
         png=png,
         width=image.width,
@@ -67,6 +71,7 @@ def remove_background(
     started = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    result = render(image, predictor if isinstance(predictor, Predictor) else predictor(), options)
+    loaded = predictor if isinstance(predictor, Predictor) else predictor()
+    result = render(image, loaded, options, in_place=True)  # the photo was decoded here, for this result only
     result.timings = {"decode": decoded - started, **result.timings, "total": time.perf_counter() - started}
     return result

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from segmentation import refine
 from segmentation.decoding import decode_image
 from segmentation.pipeline import remove_background
 from segmentation.predictor import Predictor
@@ -270,3 +271,61 @@ def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(random_weights_dir
     expected = (direct + mirrored[:, ::-1]) / 2
     assert not np.allclose(direct, expected, atol=1e-4)
     np.testing.assert_allclose(averaged.predict_low_res(image)[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("band_pixels", [1, 700, 1 << 20])  # one row a band, several rows, the whole photo
+@pytest.mark.parametrize("size", [(97, 61), (61, 97)])
+def test_banded_refinement_equals_the_whole_image_guided_filter(
+    monkeypatch: pytest.MonkeyPatch, band_pixels: int, size: tuple[int, int]
+) -> None:
+    """apply_in_bands (uint8 guide read band by band) matches fast_guided_upsample on the whole grey image."""
+    monkeypatch.setattr(refine, "BAND_PIXELS", band_pixels)
+    image, _ = scene(*size, seed=3)
+    grey = torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255)[None, None]
+    low = (size[1] // 4, size[0] // 4)
+    guide_low = F.interpolate(grey, size=low, mode="area")
+    source_low = torch.rand(1, 1, *low, generator=torch.Generator().manual_seed(0))
+    expected = fast_guided_upsample(grey, guide_low, source_low)[0, 0].numpy()
+    coefficients = refine.guided_filter_coefficients(guide_low, source_low, radius=2, eps=1e-3)
+    banded = np.empty(expected.shape, np.float32)
+    refine.apply_in_bands(image, coefficients, source_low[0, 0], banded)
+    np.testing.assert_allclose(banded, expected, atol=1e-5)
+    assert expected.std() > 0.05  # not a flat matte, so the comparison means something
+
+
+@pytest.mark.parametrize("band_pixels", [50, 1 << 20])
+def test_banded_bilinear_upsampling_equals_interpolate(monkeypatch: pytest.MonkeyPatch, band_pixels: int) -> None:
+    monkeypatch.setattr(refine, "BAND_PIXELS", band_pixels)
+    low = torch.rand(1, 1, 7, 5, generator=torch.Generator().manual_seed(1))
+    expected = F.interpolate(low, size=(45, 31), mode="bilinear", align_corners=False)[0, 0].numpy()
+    upsampled = np.empty((45, 31), np.float32)
+    refine.apply_in_bands(Image.new("RGB", (31, 45)), None, low[0, 0], upsampled)
+    np.testing.assert_allclose(upsampled, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_uint8_matte_is_the_rounded_float_matte(bright_predictor: Predictor, hard: bool) -> None:
+    image, _ = scene(131, 87)
+    alpha8, timings = bright_predictor.predict_alpha8_timed(image, hard=hard)
+    assert alpha8.dtype == np.uint8 and alpha8.shape == (87, 131)
+    assert {"predict", "refine"} <= set(timings)
+    alpha = bright_predictor.predict_alpha(image, refine=not hard)
+    if hard:
+        np.testing.assert_array_equal(alpha8, np.where(alpha >= bright_predictor.threshold, 255, 0))
+    else:
+        np.testing.assert_array_equal(alpha8, np.clip(alpha * 255 + 0.5, 0, 255).astype(np.uint8))
+        # The uint8 threshold keeps exactly the pixels the float threshold keeps.
+        np.testing.assert_array_equal(alpha8 >= bright_predictor.threshold8, alpha >= bright_predictor.threshold)
+
+
+@pytest.mark.parametrize(
+    "options", [RenderOptions(), RenderOptions(background=(12, 34, 56)), RenderOptions(mask_only=True)]
+)
+def test_rendering_in_place_gives_the_same_png_and_spares_a_copy(options: RenderOptions) -> None:
+    image, truth = scene(64, 48)
+    alpha = np.where(truth, 255, 0).astype(np.uint8)
+    alpha[10:20] = 100  # some semi-transparency
+    expected = compose_png(image, alpha, options)
+    original = np.asarray(image).copy()
+    np.testing.assert_array_equal(np.asarray(image), original)  # without in_place the photo is untouched
+    assert compose_png(image, alpha, options, in_place=True) == expected
