@@ -67,9 +67,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         grey = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if image.mode == "F":
-        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1 if np.asarray(image).max() <= 1 else 255)
-        scale = 255.0 if grey.max() <= 1 else 1.0
-        return Image.fromarray((grey * scale).astype(np.uint8)).convert("RGB")
+        values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():  # NaN or infinity: no brightness to show, and numpy would warn
+            raise UnsupportedImageError("the image holds invalid values (NaN or infinity) and cannot be shown")
+        peak = 1.0 if values.max() <= 1 else 255.0  # a 0-1 float image, or one on the 8-bit scale
+        grey = np.clip(values, 0, peak) * (255.0 / peak) + 0.5  # rounded to the nearest level
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
     # "transparency" in info: a palette or colour-key tRNS (P, L, RGB, 1); convert("RGBA") applies it.
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")

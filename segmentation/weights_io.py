@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,17 +94,26 @@ def load_state(name: str, model: nn.Module, tensors_path: Path) -> None:
         state = load_file(str(tensors_path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"cannot read weights {tensors_path}: {error}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or misshapen:
-        details = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-            if keys:
-                details.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-        raise WeightsError(f"{tensors_path} does not fit the {name!r} architecture: {'; '.join(details)}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    try:
+        # torch checks names and shapes (strict) and casts the float16 file to the model's dtype on copy.
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(f"{tensors_path} does not fit the {name!r} architecture: {_summary(str(error))}") from None
+
+
+def _summary(message: str) -> str:
+    """torch's load_state_dict error, one count and one example per kind: "2 missing (e.g. aspp.x); ..."."""
+    found: dict[str, list[str]] = {"missing": [], "unexpected": [], "wrong shape": []}
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("Missing key(s)"):
+            found["missing"] += re.findall(r'"([^"]+)"', line)
+        elif line.startswith("Unexpected key(s)"):
+            found["unexpected"] += re.findall(r'"([^"]+)"', line)
+        elif match := re.match(r"size mismatch for ([^:]+):", line):
+            found["wrong shape"].append(match.group(1))
+    details = [f"{len(keys)} {label} (e.g. {min(keys)})" for label, keys in found.items() if keys]
+    return "; ".join(details) or message  # an error of another kind: torch's own words
 
 
 def load_model(name: str, directory: Path = WEIGHTS_DIR) -> tuple[nn.Module, ModelCard]:

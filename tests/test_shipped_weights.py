@@ -34,7 +34,7 @@ NETWORKS = [
     pytest.param(
         name,
         marks=pytest.mark.skipif(
-            not _shipped(name) and not os.environ.get("CI"),  # in CI, missing weights fail
+            not _shipped(name) and not os.environ.get("CI"),  # in CI (and .ci/run sets it) missing weights fail
             reason=f"shipped weights not in the package yet: {name}.safetensors and {name}.json in {WEIGHTS_DIR}",
         ),
         id=name,
