@@ -35,7 +35,7 @@ from training.export import ExportError, dataset_entry, export
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
-from training.train import ResumableSampler, SeededSamples, sampling_weights, train
+from training.train import ResumableSampler, SeededSamples, limit_per_set, sampling_weights, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 PEOPLE_TRAIN_PAIRS = 902 + 1341 + 1289  # people-ccp, people-picsart, people-portraits train splits
@@ -266,6 +266,12 @@ def test_seeded_samples_repeat_for_the_same_seed(people: Path) -> None:
     first, again, other = samples[(1, 77)], samples[(1, 77)], samples[(1, 78)]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
+
+
+def test_validation_can_be_limited_per_set_keeping_the_order() -> None:
+    pairs = [PairPath(Path(f"{i}.jpg"), Path(f"{i}.png"), source) for i, source in enumerate("aaabbbbc")]
+    assert [p.image.stem for p in limit_per_set(pairs, 2)] == ["0", "1", "3", "4", "7"]
+    assert limit_per_set(pairs, 0) == pairs
 
 
 def test_ranks_share_one_stream_without_overlap() -> None:

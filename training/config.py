@@ -32,6 +32,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" with linear warm-up, or "constant"
     warmup_steps: int = 200
     min_lr_ratio: float = 0.01
+    val_limit: int = 0  # validate on the first N photos of each set's val split (0: all); evaluate scores all
     eval_every: int = 400  # steps between validations; 0 validates (and checkpoints) once per epoch
     checkpoint_minutes: float = 5.0
     seed: int = 0

@@ -176,6 +176,19 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
+def limit_per_set(pairs: list, limit: int) -> list:
+    """The first `limit` pairs of each set, in order (all of them when limit is 0)."""
+    if not limit:
+        return pairs
+    taken: dict[str, int] = {}
+    kept = []
+    for pair in pairs:
+        if taken.get(pair.source, 0) < limit:
+            kept.append(pair)
+            taken[pair.source] = taken.get(pair.source, 0) + 1
+    return kept
+
+
 def validation_predictor(model: torch.nn.Module, config: TrainConfig) -> Predictor:
     """The production predictor around the model being trained, so validation measures what would ship."""
     card = ModelCard(architecture=config.model, inference_size=config.inference_size)
@@ -403,7 +416,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     # Data: decoded once into memory, shrunk to the largest size the augmentation will ask for.
     max_side = math.ceil(config.inference_size * config.scale_range[1])
     train_data = InMemoryPairs(pairs_for(config.data, "train"), max_side)
-    val_pairs = pairs_for(config.data, "val")
+    val_pairs = limit_per_set(pairs_for(config.data, "val"), config.val_limit)
     val_data = InMemoryPairs(val_pairs, None) if ranks.leader else None  # only rank 0 validates
     log(f"{len(train_data)} training pairs, {len(val_pairs)} validation pairs from {', '.join(config.data)}")
     samples_per_step = config.batch_size * ranks.world
