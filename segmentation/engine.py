@@ -4,6 +4,10 @@
 machine can put a distributed serving engine behind the same call. A caller that must do work
 before it has the photo (a download) takes its place first: `async with engine.reserve() as place:`
 refuses at once when the queue is full, and `await place.submit(...)` uses the reserved slot.
+
+For the bot's one-tap redo, `submit(..., look=Look(...))` also returns the uint8 matte (a `CutoutResult`), and
+`recompose(data, matte, look)` / `sticker(data, matte)` render a cached photo again on a small thread pool of their
+own: no network, and never an inference worker.
 """
 
 from __future__ import annotations
@@ -17,25 +21,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from segmentation import MODEL_NAMES
+from segmentation import MODEL_NAMES, effects
 from segmentation.cpu import configure_torch_threads
-from segmentation.decoding import DEFAULT_MAX_PIXELS
-from segmentation.pipeline import RemovalResult, remove_background
+from segmentation.decoding import DEFAULT_MAX_PIXELS, decode_image
+from segmentation.effects import Look
+from segmentation.pipeline import MIN_PERSON_FRACTION, RemovalResult, remove_background
 from segmentation.predictor import Predictor
 from segmentation.rendering import RenderOptions
 from segmentation.weights_io import WeightsError
 
 __all__ = [
+    "CutoutResult",
     "EngineClosedError",
     "EngineConfig",
     "InferenceEngine",
+    "Look",
     "ModelUnavailableError",
     "QueueFullError",
     "RemovalResult",
@@ -60,6 +68,13 @@ class RequestTimeoutError(TimeoutError):
     """The request did not finish within its timeout."""
 
 
+@dataclass
+class CutoutResult(RemovalResult):
+    """A result rendered in a Look, with the uint8 matte it was made from (for a cache of recent photos)."""
+
+    matte: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Queue size, worker count, input limits and where the weights are."""
@@ -69,6 +84,7 @@ class EngineConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     weights_dir: Path | None = None  # None: the weights shipped inside the package
     torch_threads: int = 0  # 0: the cores this process may use, shared evenly between the workers
+    recompose_threads: int = 2  # re-renders of cached photos (no network); they never take an inference worker
     fast: bool | None = None  # bf16 + channels_last; None: where the CPU supports bf16
 
 
@@ -85,6 +101,7 @@ class _Job:
     model: str
     options: RenderOptions
     future: asyncio.Future
+    look: Look | None = None
     state: _JobState = _JobState.QUEUED
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -150,6 +167,11 @@ class Reservation:
     def __init__(self, engine: InferenceEngine) -> None:
         self._engine = engine
         self._held = True
+        self._job: _Job | None = None
+
+    def ahead(self) -> int:
+        """Photos that must finish before this one starts, once submitted (0 when it runs, is done, or is not in)."""
+        return self._engine._ahead_of(self._job)
 
     @property
     def held(self) -> bool:
@@ -157,7 +179,13 @@ class Reservation:
         return self._held
 
     async def submit(
-        self, data: bytes, *, model: str = "deeplab", options: RenderOptions | None = None, timeout: float | None = None
+        self,
+        data: bytes,
+        *,
+        model: str = "deeplab",
+        options: RenderOptions | None = None,
+        timeout: float | None = None,
+        look: Look | None = None,
     ) -> RemovalResult:
         """Queue the photo in the reserved place and wait for its result (see InferenceEngine.submit)."""
         if not self._held:
@@ -165,7 +193,7 @@ class Reservation:
         if model not in MODEL_NAMES:
             raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         self._held = False
-        return await self._engine._submit_reserved(data, model, options or RenderOptions(), timeout)
+        return await self._engine._submit_reserved(data, model, options or RenderOptions(), timeout, look, self)
 
     def release(self) -> None:
         """Give the place back (idempotent; a no-op after submit)."""
@@ -200,6 +228,9 @@ class InferenceEngine:
         self._completed = 0
         self._failed = 0
         self._latencies: dict[str, deque[float]] = {name: deque(maxlen=1000) for name in MODEL_NAMES}
+        # Queued jobs in arrival order (dicts keep it), for each caller's place in line.
+        self._waiting_jobs: dict[int, _Job] = {}
+        self._recompose_pool: ThreadPoolExecutor | None = None
 
     def _start(self) -> None:
         if self._queue is not None:
@@ -209,6 +240,7 @@ class InferenceEngine:
         self._queue = asyncio.Queue()
         self._drained = asyncio.Event()
         self._executor = _DaemonThreadPool(self.config.workers, "inference")
+        self._recompose_pool = ThreadPoolExecutor(max(1, self.config.recompose_threads), "recompose")
         self._workers = [asyncio.create_task(self._work(), name=f"inference-{i}") for i in range(self.config.workers)]
 
     async def start(self) -> None:
@@ -244,6 +276,16 @@ class InferenceEngine:
         """Photos that must finish before one submitted now starts: the waiting ones, plus busy workers."""
         return self._waiting + max(0, self._in_flight - self.config.workers + 1)
 
+    def _ahead_of(self, job: _Job | None) -> int:
+        if job is None or job.state is not _JobState.QUEUED:
+            return 0
+        before = 0
+        for waiting in self._waiting_jobs.values():  # at most queue_size entries
+            if waiting is job:
+                break
+            before += 1
+        return before + max(0, self._in_flight - self.config.workers + 1)
+
     def reserve(self) -> Reservation:
         """Take a place in the queue now, before the photo is at hand; QueueFullError at once when there is none."""
         if self._closing:
@@ -257,17 +299,53 @@ class InferenceEngine:
         return Reservation(self)
 
     async def submit(
-        self, data: bytes, *, model: str = "deeplab", options: RenderOptions | None = None, timeout: float | None = None
+        self,
+        data: bytes,
+        *,
+        model: str = "deeplab",
+        options: RenderOptions | None = None,
+        timeout: float | None = None,
+        look: Look | None = None,
     ) -> RemovalResult:
         """Queue one photo and wait for its result; refuses at once when the queue is full.
 
+        With `look`, the result is rendered in that Look and is a CutoutResult carrying the uint8 matte.
         Cancelling the caller (or its timeout) cancels a photo that has not started; one already running
         finishes on its thread, but its caller is released at once and the result is dropped.
         """
         if model not in MODEL_NAMES:
             raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         async with self.reserve() as place:
-            return await place.submit(data, model=model, options=options, timeout=timeout)
+            return await place.submit(data, model=model, options=options, timeout=timeout, look=look)
+
+    async def recompose(self, data: bytes, matte: np.ndarray, look: Look) -> bytes:
+        """Render a photo already seen (its file bytes and uint8 matte) in another Look, as a PNG; no network.
+
+        Runs on the re-compose threads, never on an inference worker, so it does not wait behind the queue.
+        """
+        return await self._off_loop(self._recompose_png, data, matte, look)
+
+    async def sticker(self, data: bytes, matte: np.ndarray) -> bytes | None:
+        """A 512 px WEBP sticker of the people in a photo already seen; None when there is nobody in it."""
+        return await self._off_loop(self._sticker_webp, data, matte)
+
+    async def _off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._closing:
+            raise EngineClosedError("the engine is shutting down")
+        self._start()
+        return await asyncio.get_running_loop().run_in_executor(self._recompose_pool, function, *args)
+
+    def _decode_for(self, data: bytes, matte: np.ndarray) -> Image.Image:
+        image = decode_image(data, max_pixels=self.config.max_pixels)
+        if matte.shape != (image.height, image.width):
+            raise ValueError("the matte does not belong to this photo")
+        return image
+
+    def _recompose_png(self, data: bytes, matte: np.ndarray, look: Look) -> bytes:
+        return effects.render_png(self._decode_for(data, matte), matte, look)
+
+    def _sticker_webp(self, data: bytes, matte: np.ndarray) -> bytes | None:
+        return effects.sticker_webp(self._decode_for(data, matte), matte)
 
     def _release_reservation(self) -> None:
         self._reserved -= 1
@@ -278,14 +356,23 @@ class InferenceEngine:
             self._drained.set()
 
     async def _submit_reserved(
-        self, data: bytes, model: str, options: RenderOptions, timeout: float | None
+        self,
+        data: bytes,
+        model: str,
+        options: RenderOptions,
+        timeout: float | None,
+        look: Look | None = None,
+        place: Reservation | None = None,
     ) -> RemovalResult:
         self._reserved -= 1
         if self._closed:
             self._notify_if_drained()
             raise EngineClosedError("the engine shut down before this photo was processed")
-        job = _Job(data, model, options, asyncio.get_running_loop().create_future())
+        job = _Job(data, model, options, asyncio.get_running_loop().create_future(), look)
+        if place is not None:
+            place._job = job
         self._waiting += 1
+        self._waiting_jobs[id(job)] = job
         self._queue.put_nowait(job)
         try:
             # No shield: when the caller is cancelled or times out, wait_for cancels the job's future too.
@@ -295,6 +382,7 @@ class InferenceEngine:
         finally:
             if job.state is _JobState.QUEUED:  # never started: give its place back now, the worker skips it
                 job.state = _JobState.ABANDONED
+                self._waiting_jobs.pop(id(job), None)
                 self._waiting -= 1
                 self._notify_if_drained()
 
@@ -305,6 +393,7 @@ class InferenceEngine:
             if job.state is not _JobState.QUEUED:  # its caller is gone, or close() answered it
                 continue
             job.state = _JobState.RUNNING
+            self._waiting_jobs.pop(id(job), None)
             self._waiting -= 1
             self._in_flight += 1
             queued = time.perf_counter() - job.enqueued
@@ -345,7 +434,37 @@ class InferenceEngine:
             except WeightsError as error:
                 raise ModelUnavailableError(f"the {job.model} model is not available: {error}") from None
 
-        return remove_background(job.data, load, job.options, max_pixels=self.config.max_pixels)
+        if job.look is None:
+            return remove_background(job.data, load, job.options, max_pixels=self.config.max_pixels)
+        return self._cutout(job.data, load, job.look)
+
+    def _cutout(self, data: bytes, load: Callable[[], Predictor], look: Look) -> CutoutResult:
+        """Decode, predict the uint8 matte, render the Look; the matte comes back for the caller's cache."""
+        started = time.perf_counter()
+        image = decode_image(data, max_pixels=self.config.max_pixels)
+        decoded = time.perf_counter()
+        predictor = load()  # after decoding: a bad upload gets its own answer even when the model cannot load
+        matte, timings = predictor.predict_alpha8_timed(image)
+        histogram = Image.fromarray(matte, mode="L").histogram()
+        foreground = sum(histogram[predictor.threshold8 :]) / matte.size
+        composed = time.perf_counter()
+        png = effects.render_png(image, matte, look)
+        finished = time.perf_counter()
+        return CutoutResult(
+            png=png,
+            width=image.width,
+            height=image.height,
+            model=predictor.name,
+            timings={
+                "decode": decoded - started,
+                **timings,
+                "encode": finished - composed,
+                "total": finished - started,
+            },
+            foreground_fraction=foreground,
+            person_found=foreground >= MIN_PERSON_FRACTION,
+            matte=matte,
+        )
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, in-flight work, counts and per-model latency percentiles (seconds)."""
@@ -387,6 +506,7 @@ class InferenceEngine:
             job = self._queue.get_nowait()
             if job.state is _JobState.QUEUED:
                 job.state = _JobState.DONE
+                self._waiting_jobs.pop(id(job), None)
                 self._waiting -= 1
                 if not job.future.done():
                     job.future.set_exception(EngineClosedError("the engine shut down before this photo was processed"))
@@ -394,6 +514,7 @@ class InferenceEngine:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=False)
+        self._recompose_pool.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> InferenceEngine:
         await self.start()
