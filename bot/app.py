@@ -20,7 +20,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot import handlers
+from bot import handlers, keyboards, looks, redo, texts
 from bot.config import Settings
 from bot.services import SERVICES_KEY, Services
 from bot.store import AsyncStore
@@ -35,11 +35,14 @@ REPLY_ALLOWANCE_S = 3.0
 # Only what the handlers use: no edited messages (an edited caption must not re-run a photo), no channel posts.
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 
-BOT_COMMANDS = [
-    BotCommand("start", "What this bot does"),
-    BotCommand("help", "How to use it"),
-    BotCommand("model", "Show or switch the segmentation model"),
-]
+
+def bot_commands(language: str) -> list[BotCommand]:
+    """The command menu in one language."""
+    t = texts.for_language(language)
+    return [BotCommand(command, t.command_description(command)) for command in texts.COMMANDS]
+
+
+BOT_COMMANDS = bot_commands(texts.DEFAULT_LANGUAGE)
 
 
 class RedactingFilter(logging.Filter):
@@ -142,7 +145,11 @@ async def _post_init(application: Application) -> None:
     await svc.engine.start()
     svc.start_maintenance()
     try:
+        # The default menu (English), and the Russian one for users whose Telegram speaks Russian.
         await application.bot.set_my_commands(BOT_COMMANDS)
+        for language in texts.LANGUAGES:
+            if language != texts.DEFAULT_LANGUAGE:
+                await application.bot.set_my_commands(bot_commands(language), language_code=language)
     except TelegramError as error:  # the menu is a nicety: the bot works without it
         logger.warning("could not set the command menu: %s", error)
     logger.info(
@@ -201,9 +208,16 @@ def add_handlers(application: Application, admin_ids: frozenset[int] = frozenset
             CommandHandler("start", handlers.start_command),
             CommandHandler("help", handlers.help_command),
             CommandHandler("model", handlers.model_command),
+            CommandHandler("lang", handlers.lang_command),
+            CommandHandler("bg", handlers.bg_command),
+            CommandHandler("crop", handlers.crop_command),
             CommandHandler("stats", handlers.stats_command, filters=filters.User(user_id=admin_ids)),
             CommandHandler("stats", handlers.stats_refused),  # everyone else
-            CallbackQueryHandler(handlers.model_button, pattern=f"^{handlers.MODEL_CALLBACK_PREFIX}"),
+            CallbackQueryHandler(handlers.model_button, pattern=f"^{keyboards.MODEL_PREFIX}"),
+            CallbackQueryHandler(handlers.lang_button, pattern=f"^{keyboards.LANG_PREFIX}"),
+            CallbackQueryHandler(handlers.bg_button, pattern=f"^{looks.BG_PREFIX}"),
+            # Everything else, the result buttons and forged or stale data included: always answered, briefly.
+            CallbackQueryHandler(redo.result_button),
             MessageHandler(messages & filters.PHOTO, handlers.photo_message),
             MessageHandler(messages & filters.Document.ALL, handlers.document_message),
             MessageHandler(

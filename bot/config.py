@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # Per-request statistics are kept this many days (daily counts are kept for good); pruned every few hours.
     stats_retention_days: float = Field(default=30.0, gt=0)
+    # Recent photos and their mattes, kept so the buttons under a result re-render it without a network.
+    cache_entries: int = Field(default=64, ge=1)
+    cache_bytes: int = Field(default=256_000_000, ge=1)
+    cache_seconds: float = Field(default=3600.0, gt=0)
+    # How often a "you are number N in line" message may be edited as the line moves (Telegram rate-limits edits).
+    queue_update_interval: float = Field(default=3.0, gt=0)
 
     @field_validator("token")
     @classmethod

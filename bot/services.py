@@ -10,10 +10,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from telegram import User
 from telegram.ext import ContextTypes
 
+from bot import texts
 from bot.config import Settings
+from bot.matte_cache import MatteCache
 from bot.store import AsyncStore
+from segmentation.effects import TRANSPARENT, Look
 from segmentation.engine import InferenceEngine
 
 logger = logging.getLogger(__name__)
@@ -38,7 +42,40 @@ class Services:
     pending: Counter[int] = field(default_factory=Counter)
     # The handler tasks of accepted photos, so a shutdown past its bound can end them.
     photo_tasks: set[asyncio.Task] = field(default_factory=set)
+    # Recent photos and mattes for the result buttons (built from the settings when not given).
+    cache: MatteCache | None = None
+    # Photos a button is working on (by photo id), and users whose last tap is still being handled.
+    busy_photos: set[str] = field(default_factory=set)
+    tapping_users: set[int] = field(default_factory=set)
+    last_tap: dict[int, float] = field(default_factory=dict)
+    # Albums being gathered: media_group_id -> the photos seen so far (see bot/albums.py).
+    albums: dict[str, list] = field(default_factory=dict)
     _maintenance: asyncio.Task | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            settings = self.settings
+            self.cache = MatteCache(settings.cache_entries, settings.cache_bytes, settings.cache_seconds)
+
+    async def texts_for(self, user: User | None) -> texts.Texts:
+        """The texts in a user's language: their /lang choice, else Russian for a ru* Telegram language."""
+        if user is None:
+            return texts.ENGLISH
+        chosen = await self.store.get_language(user.id)
+        return texts.for_language(chosen or texts.language_of(user.language_code))
+
+    async def chat_model(self, chat_id: int) -> str:
+        """The chat's chosen model, or the default (also when a stored choice is no longer offered)."""
+        chosen = await self.store.get_model(chat_id)
+        return chosen if chosen in self.model_names else self.settings.default_model
+
+    async def chat_look(self, chat_id: int) -> Look:
+        """The chat's default look (/bg, /crop): a transparent, uncropped result unless it chose otherwise."""
+        background, crop = await self.store.get_look(chat_id)
+        try:
+            return Look(background or TRANSPARENT, bool(crop))
+        except ValueError:  # a value a newer version stored: fall back to the default
+            return Look(TRANSPARENT, bool(crop))
 
     @contextlib.contextmanager
     def pending_slot(self, user_id: int) -> Iterator[None]:

@@ -12,6 +12,7 @@ the writer), so a /stats never delays the `get_model` in front of every photo.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -56,6 +57,18 @@ CREATE TABLE IF NOT EXISTS daily_stats (
     count   INTEGER NOT NULL,
     PRIMARY KEY (day, model, outcome)
 ) WITHOUT ROWID;
+-- Per-chat output defaults (/bg, /crop) and per-user language (/lang): kept across restarts.
+CREATE TABLE IF NOT EXISTS chat_looks (
+    chat_id    INTEGER PRIMARY KEY,
+    background TEXT,
+    crop       INTEGER,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_languages (
+    user_id    INTEGER PRIMARY KEY,
+    language   TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS chats (
     chat_id INTEGER PRIMARY KEY
 );
@@ -145,6 +158,37 @@ class Store:
                 "INSERT INTO chat_settings (chat_id, model, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (chat_id) DO UPDATE SET model = excluded.model, updated_at = excluded.updated_at",
                 (chat_id, model, time.time()),
+            )
+
+    def get_look(self, chat_id: int) -> tuple[str | None, bool | None]:
+        """A chat's background and crop settings (None for each it never set)."""
+        row = self._db.execute("SELECT background, crop FROM chat_looks WHERE chat_id = ?", (chat_id,)).fetchone()
+        if row is None:
+            return None, None
+        return row[0], (None if row[1] is None else bool(row[1]))
+
+    def set_look(self, chat_id: int, *, background: str | None = None, crop: bool | None = None) -> None:
+        """Remember a chat's background and/or crop setting (None leaves that one as it is)."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO chat_looks (chat_id, background, crop, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (chat_id) DO UPDATE SET background = COALESCE(excluded.background, background), "
+                "crop = COALESCE(excluded.crop, crop), updated_at = excluded.updated_at",
+                (chat_id, background, None if crop is None else int(crop), time.time()),
+            )
+
+    def get_language(self, user_id: int) -> str | None:
+        """The language a user chose with /lang, or None."""
+        row = self._db.execute("SELECT language FROM user_languages WHERE user_id = ?", (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_language(self, user_id: int, language: str) -> None:
+        """Remember a user's language."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO user_languages (user_id, language, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET language = excluded.language, updated_at = excluded.updated_at",
+                (user_id, language, time.time()),
             )
 
     def record(
@@ -257,6 +301,23 @@ class AsyncStore:
     async def set_model(self, chat_id: int, model: str) -> None:
         """Remember a chat's model."""
         await self._call(self._writer, self._require().set_model, chat_id, model)
+
+    async def get_look(self, chat_id: int) -> tuple[str | None, bool | None]:
+        """A chat's background and crop settings (None for each it never set)."""
+        return await self._call(self._writer, self._require().get_look, chat_id)
+
+    async def set_look(self, chat_id: int, *, background: str | None = None, crop: bool | None = None) -> None:
+        """Remember a chat's background and/or crop setting."""
+        update = functools.partial(self._require().set_look, chat_id, background=background, crop=crop)
+        await self._call(self._writer, update)
+
+    async def get_language(self, user_id: int) -> str | None:
+        """The language a user chose with /lang, or None."""
+        return await self._call(self._writer, self._require().get_language, user_id)
+
+    async def set_language(self, user_id: int, language: str) -> None:
+        """Remember a user's language."""
+        await self._call(self._writer, self._require().set_language, user_id, language)
 
     async def record(self, chat_id: int, model: str, outcome: Outcome, latency_s: float | None = None) -> None:
         """Record one request and how it ended."""

@@ -170,3 +170,57 @@ def decode_result(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG", image.format
     return image
+
+
+class NetworkCalls:
+    """Counts the network calls of a test engine, and optionally holds each one until the test lets it go."""
+
+    def __init__(self, gated: bool = False) -> None:
+        self.count = 0
+        self.gate = threading.Semaphore(0) if gated else None
+
+    def let_one_through(self, count: int = 1) -> None:
+        """Let `count` held network calls run."""
+        for _ in range(count):
+            self.gate.release()
+
+
+def boxed_engine(settings: Settings, calls: NetworkCalls | None = None) -> InferenceEngine:
+    """A real engine whose two networks 'find a person' in a fixed box of the frame (deeplab's smaller than unet's).
+
+    Deterministic and instant, so tests can check crops, stickers and backgrounds pixel by pixel.
+    """
+    import torch
+    from torch import nn
+
+    from segmentation.predictor import Predictor
+    from segmentation.weights_io import ModelCard
+
+    class Box(nn.Module):
+        def __init__(self, margin: float) -> None:
+            super().__init__()
+            self.margin = margin
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            if calls is not None:
+                calls.count += 1
+                if calls.gate is not None:
+                    calls.gate.acquire(timeout=60)
+            logits = torch.full((batch.shape[0], 1, *batch.shape[2:]), -20.0)
+            height, width = batch.shape[2:]
+            top, left = int(height * self.margin), int(width * self.margin)
+            logits[..., top : height - top, left : width - left] = 20.0
+            return logits
+
+    predictors = {
+        name: Predictor(Box(margin), ModelCard(architecture=name, inference_size=64), fast=False)
+        for name, margin in (("deeplab", 0.3), ("unet", 0.2))
+    }
+    config = EngineConfig(queue_size=settings.queue_size, workers=1, max_pixels=settings.max_pixels, torch_threads=1)
+    return InferenceEngine(config, predictors=predictors)
+
+
+def tiny_photo(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
+    """A small noisy JPEG (noise, so a blur visibly changes it)."""
+    rng = np.random.default_rng(seed)
+    return encode(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)), "JPEG", quality=90)

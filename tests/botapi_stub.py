@@ -1,8 +1,9 @@
 """A small stand-in for the Telegram Bot API over HTTP on 127.0.0.1, for end-to-end bot tests.
 
 It serves what a long-polling bot needs (getMe, getUpdates, getFile, file downloads, deleteWebhook,
-setMyCommands), records everything the bot sends, and keeps a transcript per chat (messages with their
-current text, documents, deletions) so tests can assert on what a user would see. Standard library only:
+setMyCommands, sendMessage, sendDocument, sendSticker, sendMediaGroup, edits and deletions), records
+everything the bot sends, and keeps a transcript per chat (messages with their current text, documents,
+stickers, deletions) so tests can assert on what a user would see. Standard library only:
 a ThreadingHTTPServer in a daemon thread; all shared state sits behind one condition variable.
 """
 
@@ -55,6 +56,8 @@ class SentMessage:
     text: str | None = None
     caption: str | None = None
     document: UploadedFile | None = None
+    sticker: UploadedFile | None = None
+    media_group_id: str | None = None
     reply_markup: dict[str, Any] | None = None
     deleted: bool = False
     edits: list[str] = field(default_factory=list)
@@ -86,6 +89,8 @@ class BotApiStub:
         self.messages: dict[tuple[int, int], SentMessage] = {}
         self.errors: list[str] = []  # requests the stub could not understand: a test should fail on any
         self.file_server_down = False  # when set, file downloads answer 502 Bad Gateway
+        self.languages: dict[int, str] = {}  # a user's Telegram language_code (default "en")
+        self._media_groups = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -123,7 +128,8 @@ class BotApiStub:
 
     # ---------------------------------------------------------------- updates in
     def _user(self, user_id: int) -> dict[str, Any]:
-        return {"id": user_id, "is_bot": False, "first_name": f"User{user_id}", "language_code": "en"}
+        language = self.languages.get(user_id, "en")
+        return {"id": user_id, "is_bot": False, "first_name": f"User{user_id}", "language_code": language}
 
     def _chat(self, chat_id: int) -> dict[str, Any]:
         if chat_id > 0:
@@ -172,6 +178,8 @@ class BotApiStub:
         user_id: int | None = None,
         file_size: int | None = None,
         thumbnails: list[tuple[bytes, tuple[int, int]]] = (),
+        caption: str | None = None,
+        media_group_id: str | None = None,
     ) -> str:
         """A photo message (returns the original's file_id): Telegram lists sizes smallest first."""
         sizes = []
@@ -188,8 +196,20 @@ class BotApiStub:
                     "file_size": stored.file_size,
                 }
             )
-        self._push("message", self._message(chat_id, user_id, photo=sizes))
+        extra: dict[str, Any] = {}
+        if caption is not None:
+            extra["caption"] = caption
+        if media_group_id is not None:
+            extra["media_group_id"] = media_group_id
+        self._push("message", self._message(chat_id, user_id, photo=sizes, **extra))
         return sizes[-1]["file_id"]
+
+    def push_album(
+        self, chat_id: int, photos: list[tuple[bytes, tuple[int, int]]], user_id: int | None = None
+    ) -> list[str]:
+        """A media group of photos, as Telegram sends one: a message per photo sharing a media_group_id."""
+        group = f"MG{next(self._media_groups)}"
+        return [self.push_photo(chat_id, data, size, user_id, media_group_id=group) for data, size in photos]
 
     def push_document(
         self,
@@ -255,6 +275,14 @@ class BotApiStub:
     def texts(self, chat_id: int) -> list[str]:
         """The current text of every visible text message the bot sent to a chat."""
         return [message.text for message in self.transcript(chat_id) if message.text is not None]
+
+    def stickers(self, chat_id: int) -> list[SentMessage]:
+        """The stickers the bot sent to a chat."""
+        return [message for message in self.transcript(chat_id) if message.sticker is not None]
+
+    def callback_answers(self) -> list[str]:
+        """The text of every answerCallbackQuery, in order ("" for a silent answer)."""
+        return [call.params.get("text", "") for call in self.calls_of("answerCallbackQuery")]
 
     def documents(self, chat_id: int) -> list[SentMessage]:
         """The documents the bot sent to a chat."""
@@ -360,6 +388,36 @@ class BotApiStub:
                 return self._error(400, "Bad Request: there is no document in the request")
             sent = self._new_message(params, document=upload, caption=params.get("caption"))
             return self._ok(self._message_json(sent))
+        if method == "sendSticker":
+            upload = files.get("sticker")
+            if upload is None:
+                return self._error(400, "Bad Request: there is no sticker in the request")
+            sent = self._new_message(params, sticker=upload)
+            payload = self._message_json(sent)
+            payload["sticker"] = {
+                "file_id": f"STK{sent.message_id}",
+                "file_unique_id": f"K{sent.message_id}",
+                "type": "regular",
+                "width": 512,
+                "height": 512,
+                "is_animated": False,
+                "is_video": False,
+            }
+            return self._ok(payload)
+        if method == "sendMediaGroup":
+            media = json.loads(params["media"])
+            if not 2 <= len(media) <= 10:
+                return self._error(400, "Bad Request: wrong number of media in the group")
+            group = f"SG{next(self._media_groups)}"
+            sent_group = []
+            for item in media:
+                name = item["media"].removeprefix("attach://")
+                upload = files.get(name)
+                if item.get("type") != "document" or upload is None:
+                    return self._error(400, "Bad Request: media not found")
+                sent = self._new_message(params, document=upload, caption=item.get("caption"), media_group_id=group)
+                sent_group.append(self._message_json(sent))
+            return self._ok(sent_group)
         if method == "editMessageText":
             sent = self.messages.get((int(params["chat_id"]), int(params["message_id"])))
             if sent is None or sent.deleted:

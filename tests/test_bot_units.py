@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bot import texts
+from bot import looks, texts
 from bot.app import RedactingFilter
 from bot.config import Settings, describe_settings_error
+from bot.looks import parse_background
+from bot.matte_cache import CachedPhoto, MatteCache
 from bot.naming import result_filename
 from bot.triage import classify_document
+from segmentation.effects import Look
 
 
 @pytest.fixture
@@ -192,3 +196,123 @@ def test_size_limits_are_telegrams() -> None:
 
     assert (MAX_DOWNLOAD_BYTES, MAX_UPLOAD_BYTES) == (FileSizeLimit.FILESIZE_DOWNLOAD, FileSizeLimit.FILESIZE_UPLOAD)
     assert texts.megabytes(FileSizeLimit.FILESIZE_UPLOAD) == "50 MB"
+
+
+def test_every_text_exists_in_english_and_russian() -> None:
+    assert set(texts.CATALOGUE["en"]) == set(texts.CATALOGUE["ru"])
+    for language in texts.LANGUAGES:
+        for key, template in texts.CATALOGUE[language].items():
+            assert template.strip(), (language, key)
+    assert texts.language_of("ru") == "ru" and texts.language_of("ru-RU") == "ru"
+    assert texts.language_of("en-GB") == "en" and texts.language_of("uk") == "en" and texts.language_of(None) == "en"
+    russian = texts.for_language("ru")
+    assert russian.BUSY != texts.BUSY and "очередь" in russian.BUSY
+    assert russian.queued(4) == "Вы 5-й в очереди: перед вашим 4 фото. Пришлю результат, как только он будет готов."
+    assert "(выбрана)" in russian.welcome("unet", ("deeplab", "unet"), 20_000_000) and "20 МБ" in russian.welcome(
+        "unet", ("deeplab", "unet"), 20_000_000
+    )
+    assert russian.not_an_image("a PDF document").startswith("Похоже, это документ PDF")
+    # Both menus describe the same commands; /help names each of them.
+    for language in texts.LANGUAGES:
+        t = texts.for_language(language)
+        welcome = t.welcome("deeplab", ("deeplab", "unet"), 20_000_000)
+        for command in texts.COMMANDS:
+            assert t.command_description(command)
+            if command not in ("start", "help"):
+                assert f"/{command}" in welcome, (language, command)
+
+
+def test_handlers_hold_no_sentences() -> None:
+    """Every user-facing sentence comes from the catalogue: no string literal in a reply call of the handlers."""
+    import ast
+
+    for module in ("handlers", "redo", "albums", "photos", "keyboards"):
+        tree = ast.parse((Path(__file__).resolve().parent.parent / "bot" / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in {
+                "reply_text",
+                "send_message",
+                "edit_text",
+                "answer",
+                "edit_message_text",
+            }:
+                for argument in [*node.args, *(keyword.value for keyword in node.keywords)]:
+                    assert not (isinstance(argument, ast.Constant) and isinstance(argument.value, str)), (
+                        module,
+                        ast.unparse(node),
+                    )
+
+
+@pytest.mark.parametrize(
+    ("typed", "background"),
+    [
+        ("white", "white"),
+        (" White ", "white"),
+        ("#FFFFFF", "white"),
+        ("blur", "blur"),
+        ("размытие", "blur"),
+        ("transparent", "transparent"),
+        ("прозрачный", "transparent"),
+        ("#00ff00", "#00ff00"),
+        ("00FF00", "#00ff00"),
+        ("#0f0", "#00ff00"),
+        ("navy", "#000080"),
+        ("синий", "#0000ff"),
+        ("rgb(1, 2, 3)", "#010203"),
+        ("#00ff0", None),
+        ("#gggggg", None),
+        ("plaid", None),
+        ("", None),
+        ("x" * 500, None),
+    ],
+)
+def test_parse_background(typed: str, background: str | None) -> None:
+    assert parse_background(typed) == background
+
+
+def test_result_button_data_round_trips_and_refuses_forgeries() -> None:
+    for look in (Look(), Look("white", True), Look("blur"), Look("#12ab34", True)):
+        for verb in (looks.LOOK, looks.OTHER_MODEL, looks.PALETTE_MENU, looks.STICKER):
+            data = looks.result_data("0123abcd", verb, look)
+            assert len(data.encode()) <= 64
+            assert looks.parse_result_data(data) == looks.ResultAction("0123abcd", verb, look)
+    for forged in (
+        None,
+        "",
+        "r:0123abcd:x" + "t0",
+        "r:0123ABCD:lt0",
+        "r:0123abc:lt0",
+        "r:0123abcd:lt2",
+        "r:0123abcd:lzz0",
+        "r:0123abcd:lt0:extra",
+        "r:../../etc:lt0",
+        "model:deeplab",
+        "r:" + "a" * 60,
+    ):
+        assert looks.parse_result_data(forged) is None, forged
+    assert looks.parse_background_data(looks.background_data("#abcdef")) == "#abcdef"
+    assert looks.parse_background_data("bg:purple") is None
+
+
+def cached(chat: int, size: int) -> CachedPhoto:
+    return CachedPhoto(chat, b"j" * size, np.zeros((10, 10), np.uint8), "deeplab", "photo_nobg.png", True)
+
+
+def test_matte_cache_evicts_by_count_bytes_and_age() -> None:
+    now = [0.0]
+    cache = MatteCache(max_entries=3, max_bytes=1000, max_age_s=60, clock=lambda: now[0])
+    first = cache.put(cached(1, 100))  # 100 + 100 bytes of matte
+    second = cache.put(cached(1, 100))
+    assert cache.nbytes == 400 and len(cache) == 2
+    assert cache.get(first).chat_id == 1  # now the most recently used
+    third = cache.put(cached(1, 400))  # 500 more: 900 in all
+    assert len(cache) == 3
+    fourth = cache.put(cached(1, 100))  # over the count: the least recently used (second) goes
+    assert second not in cache and first in cache and third in cache and fourth in cache
+    big = cache.put(cached(1, 600))  # 700 bytes: first, third go (least recently used first) until it fits
+    assert big in cache and fourth in cache and first not in cache and third not in cache
+    assert cache.nbytes == 900 and cache.nbytes <= cache.max_bytes
+    assert cache.put(cached(1, 5000)) is None  # larger than the whole cache: never kept
+    now[0] = 61.0
+    assert cache.get(big) is None and len(cache) == 0 and cache.nbytes == 0  # expired
+    assert cache.evicted == 5
