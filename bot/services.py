@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from telegram import User
 from telegram.ext import ContextTypes
@@ -49,7 +50,7 @@ class Services:
     tapping_users: set[int] = field(default_factory=set)
     last_tap: dict[int, float] = field(default_factory=dict)
     # Albums being gathered: media_group_id -> the photos seen so far (see bot/albums.py).
-    albums: dict[str, list] = field(default_factory=dict)
+    albums: dict[str, Any] = field(default_factory=dict)
     _maintenance: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:

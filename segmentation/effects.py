@@ -77,20 +77,34 @@ def crop(image: Image.Image, matte: np.ndarray) -> tuple[Image.Image, np.ndarray
     return image.crop(box), matte[top:bottom, left:right]
 
 
-def transparent_cutout(image: Image.Image, matte: np.ndarray) -> Image.Image:
-    """RGBA: the photo with the matte as alpha, and black under fully transparent pixels (really gone, smaller)."""
+def _rgb(image: Image.Image, in_place: bool) -> Image.Image:
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image if in_place else image.copy()
+
+
+def transparent_cutout(image: Image.Image, matte: np.ndarray, *, in_place: bool = False) -> Image.Image:
+    """RGBA: the photo with the matte as alpha, and black under fully transparent pixels (really gone, smaller).
+
+    `in_place`: the photo itself becomes the result (no full-size copy; Pillow keeps RGB as four bytes a pixel).
+    """
     _check(image, matte)
     alpha = _matte_image(matte)
-    result = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    result = _rgb(image, in_place)
     result.paste((0, 0, 0), mask=alpha.point([255] + [0] * 255))
     result.putalpha(alpha)
     return result
 
 
-def colour_background(image: Image.Image, matte: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-    """RGB: the people over a solid colour, blended along the matte's soft edges."""
+def colour_background(
+    image: Image.Image, matte: np.ndarray, colour: tuple[int, int, int], *, in_place: bool = False
+) -> Image.Image:
+    """RGB: the people over a solid colour, blended along the matte's soft edges (`in_place`: no copy)."""
     _check(image, matte)
-    return Image.composite(image.convert("RGB"), Image.new("RGB", image.size, colour), _matte_image(matte))
+    result = _rgb(image, in_place)
+    # The colour pasted through the inverted matte, straight onto the photo: no full-size canvas of colour.
+    result.paste(colour, mask=_matte_image(matte).point([255 - value for value in range(256)]))
+    return result
 
 
 def blurred_background(image: Image.Image, matte: np.ndarray, radius: float = BLUR_RADIUS) -> Image.Image:
@@ -106,7 +120,8 @@ def blurred_background(image: Image.Image, matte: np.ndarray, radius: float = BL
     small = rgb.resize(small_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     small = small.filter(ImageFilter.GaussianBlur(max(1.0, radius * max(small_size))))
     blurred = small.resize(rgb.size, Image.Resampling.BILINEAR)
-    return Image.composite(rgb, blurred, _matte_image(matte))
+    blurred.paste(rgb, mask=_matte_image(matte))  # the person, exactly, over the blur
+    return blurred
 
 
 def parse_hex(colour: str) -> tuple[int, int, int]:
@@ -114,17 +129,20 @@ def parse_hex(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
-def render(image: Image.Image, matte: np.ndarray, look: Look) -> Image.Image:
-    """The photo in a look: cropped to the people if asked, over transparency, white, a blur or a colour."""
+def render(image: Image.Image, matte: np.ndarray, look: Look, *, in_place: bool = False) -> Image.Image:
+    """The photo in a look: cropped to the people if asked, over transparency, white, a blur or a colour.
+
+    `in_place`: the photo may be overwritten by the result (saves a full-size copy of a photo nobody reuses).
+    """
     _check(image, matte)
     if look.crop:
         image, matte = crop(image, matte)
     if look.background == TRANSPARENT:
-        return transparent_cutout(image, matte)
+        return transparent_cutout(image, matte, in_place=in_place)
     if look.background == BLUR:
         return blurred_background(image, matte)
     colour = (255, 255, 255) if look.background == WHITE else parse_hex(look.background)
-    return colour_background(image, matte, colour)
+    return colour_background(image, matte, colour, in_place=in_place)
 
 
 def encode_png(image: Image.Image, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -134,9 +152,9 @@ def encode_png(image: Image.Image, compress_level: int = PNG_COMPRESS_LEVEL) -> 
     return buffer.getvalue()
 
 
-def render_png(image: Image.Image, matte: np.ndarray, look: Look) -> bytes:
+def render_png(image: Image.Image, matte: np.ndarray, look: Look, *, in_place: bool = False) -> bytes:
     """render() as a PNG file."""
-    return encode_png(render(image, matte, look))
+    return encode_png(render(image, matte, look, in_place=in_place))
 
 
 def sticker_webp(

@@ -342,7 +342,7 @@ class InferenceEngine:
         return image
 
     def _recompose_png(self, data: bytes, matte: np.ndarray, look: Look) -> bytes:
-        return effects.render_png(self._decode_for(data, matte), matte, look)
+        return effects.render_png(self._decode_for(data, matte), matte, look, in_place=True)
 
     def _sticker_webp(self, data: bytes, matte: np.ndarray) -> bytes | None:
         return effects.sticker_webp(self._decode_for(data, matte), matte)
@@ -448,7 +448,7 @@ class InferenceEngine:
         histogram = Image.fromarray(matte, mode="L").histogram()
         foreground = sum(histogram[predictor.threshold8 :]) / matte.size
         composed = time.perf_counter()
-        png = effects.render_png(image, matte, look)
+        png = effects.render_png(image, matte, look, in_place=True)  # the photo was decoded for this result only
         finished = time.perf_counter()
         return CutoutResult(
             png=png,

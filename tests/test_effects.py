@@ -136,3 +136,11 @@ def test_effects_do_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == (
         "False"
     )
+
+
+@pytest.mark.parametrize("look", [Look(), Look(WHITE), Look("#102030"), Look(BLUR)])
+def test_in_place_gives_the_same_picture(look: Look) -> None:
+    image, matte = scene()
+    expected = np.asarray(effects.render(image, matte, look))
+    assert np.array_equal(np.asarray(image), np.asarray(scene()[0]))  # not in place: the photo is untouched
+    assert np.array_equal(np.asarray(effects.render(image.copy(), matte, look, in_place=True)), expected)

@@ -378,3 +378,52 @@ async def test_start_sets_torch_threads_through_the_one_cpu_function(monkeypatch
     await engine.start()
     await engine.close()
     assert calls == [(2, 0)]
+
+
+async def test_a_look_returns_the_uint8_matte_and_recompose_reuses_it_without_a_worker(make_engine) -> None:
+    from segmentation.engine import CutoutResult, Look
+
+    engine, net = make_engine()
+    data = photo(64, 48)
+    result = await engine.submit(data, look=Look("white"))
+    assert isinstance(result, CutoutResult)
+    assert result.matte.dtype == np.uint8 and result.matte.shape == (48, 64)
+    first = Image.open(io.BytesIO(result.png))
+    assert first.mode == "RGB" and first.size == (64, 48)
+    # The same look from the cache is the same picture, and no network ran for it.
+    calls = net.calls
+    again = await engine.recompose(data, result.matte, Look("white"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again))), np.asarray(first))
+    # A transparent look's alpha is the matte itself.
+    transparent = Image.open(io.BytesIO(await engine.recompose(data, result.matte, Look())))
+    assert np.array_equal(np.asarray(transparent)[..., 3], result.matte)
+    assert net.calls == calls
+
+    # With the only worker held by another photo, re-composing still answers at once: it never takes a worker.
+    net.gate.clear()
+    held = asyncio.ensure_future(engine.submit(photo(seed=1)))
+    await eventually(lambda: engine.in_flight == 1)
+    sticker = await asyncio.wait_for(engine.sticker(data, np.full((48, 64), 255, np.uint8)), PATIENCE)
+    assert Image.open(io.BytesIO(sticker)).format == "WEBP"
+    assert await engine.sticker(data, np.zeros((48, 64), np.uint8)) is None  # nobody: no sticker
+    with pytest.raises(ValueError):
+        await engine.recompose(data, np.zeros((5, 5), np.uint8), Look())  # a matte of another photo
+    assert not held.done()
+    net.gate.set()
+    await held
+
+
+async def test_a_caller_knows_its_place_as_the_line_moves(make_engine) -> None:
+    engine, net = make_engine(open_gate=False)
+    running = asyncio.ensure_future(engine.submit(photo(seed=0)))
+    await eventually(lambda: engine.in_flight == 1)
+    places = [engine.reserve() for _ in range(2)]
+    waits = [asyncio.ensure_future(place.submit(photo(seed=i + 1))) for i, place in enumerate(places)]
+    await eventually(lambda: engine.queue_depth == 2)
+    assert [place.ahead() for place in places] == [1, 2]
+    waits[0].cancel()  # the one in front gives up: the other moves up
+    await eventually(lambda: places[1].ahead() == 1)
+    net.gate.set()
+    await running
+    await waits[1]
+    assert places[1].ahead() == 0  # done

@@ -158,3 +158,33 @@ def test_an_unknown_stored_outcome_is_shown_as_stored(tmp_path: Path) -> None:
     store.close()
     assert "Succeeded: 1 (person found 1)" in report
     assert "Failed: 3 (from_the_future 3)" in report
+
+
+def test_looks_and_languages_are_kept_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = Store(path)
+    assert store.get_look(7) == (None, None) and store.get_language(70) is None
+    store.set_look(7, background="#00ff00")
+    store.set_look(7, crop=True)  # one setting at a time leaves the other as it was
+    store.set_look(8, crop=False)
+    store.set_language(70, "ru")
+    store.set_language(70, "en")
+    store.close()
+    store = Store(path)
+    assert store.get_look(7) == ("#00ff00", True)
+    assert store.get_look(8) == (None, False)
+    assert store.get_language(70) == "en" and store.get_language(71) is None
+    store.close()
+
+
+def test_a_store_from_before_looks_gains_their_tables(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = Store(path)
+    store.set_model(7, "unet")
+    store._db.executescript("DROP TABLE chat_looks; DROP TABLE user_languages;")
+    store.close()
+    store = Store(path)  # as a store written by the previous version opens
+    assert store.get_model(7) == "unet"
+    store.set_look(7, background="blur")
+    assert store.get_look(7) == ("blur", None)
+    store.close()
