@@ -329,3 +329,53 @@ def test_rendering_in_place_gives_the_same_png_and_spares_a_copy(options: Render
     original = np.asarray(image).copy()
     np.testing.assert_array_equal(np.asarray(image), original)  # without in_place the photo is untouched
     assert compose_png(image, alpha, options, in_place=True) == expected
+
+
+def _unsure_scene() -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """A noisy photo, a confident person box on the left and an unsure grey patch (p = 0.4) far to the right.
+
+    Returns the photo (4x the probability's size), the probability at network resolution and the resized photo.
+    """
+    rng = np.random.default_rng(7)
+    probability = np.full((48, 64), 0.02, np.float32)
+    probability[8:40, 6:24] = 0.97  # the person
+    probability[10:38, 40:60] = 0.4  # unsure, 16 px (a quarter of the width) from the person
+    photo = Image.fromarray(rng.integers(0, 256, size=(192, 256, 3), dtype=np.uint8))
+    small = np.asarray(photo.resize((64, 48), Image.Resampling.BILINEAR))
+    return photo, probability, small
+
+
+def test_unsure_region_far_from_the_person_is_hard_while_the_outline_stays_soft() -> None:
+    photo, probability, small = _unsure_scene()
+    card = ModelCard(architecture="deeplab", inference_size=64)
+    banded = Predictor(BrightnessNet(), card, fast=False).matte_from_probability(photo, probability, small)
+    unbanded = Predictor(BrightnessNet(), card, fast=False, soft_band=0).matte_from_probability(
+        photo, probability, small
+    )
+    patch = (slice(48, 144), slice(168, 232))  # the unsure patch at full resolution, well inside it
+    soft = (unbanded > 0.1) & (unbanded < 0.9)
+    assert soft[patch].mean() > 0.5  # the control: without the band the patch is a grey veil
+    assert set(np.unique(banded[patch])) == {0.0}
+    assert set(np.unique(banded[:, 128:])) <= {0.0}  # nothing soft anywhere far from the person
+    outline_columns = banded[40:150, 16:32]  # across the person's left edge (x = 24 at full resolution)
+    assert ((outline_columns > 0.1) & (outline_columns < 0.9)).any()  # the outline keeps its soft alpha
+    np.testing.assert_array_equal(banded[60:130, 50:70], 1.0)  # deep inside the person: fully opaque
+
+
+def test_soft_band_follows_the_outline_of_the_hard_mask() -> None:
+    probability = torch.zeros(1, 1, 20, 30)
+    probability[..., 5:15, 10:20] = 0.9
+    band = refine.soft_band(probability, 0.5, radius=2)[0, 0]
+    assert band[10, 10] == 1 and band[10, 9] == 1 and band[10, 7] == 1  # on and near the outline
+    assert band[10, 6] == 0  # farther than the radius plus the mixed neighbourhood
+    assert band[10, 15] == 0  # deep inside
+    assert band[0, 0] == 0 and band[19, 29] == 0  # the photo's border is no outline
+    assert refine.soft_band(torch.full((1, 1, 8, 8), 0.9), 0.5, radius=3).sum() == 0  # all person: no outline
+
+
+def test_contrast_curve_keeps_the_decision_and_pushes_values_apart() -> None:
+    probability = torch.tensor([0.05, 0.3, 0.49, 0.5, 0.51, 0.8, 0.97])
+    sharpened = refine.sharpen(probability, 0.5, 2.0)
+    torch.testing.assert_close(sharpened >= 0.5, probability >= 0.5)
+    assert ((sharpened - 0.5).abs() >= (probability - 0.5).abs() - 1e-6).all()
+    assert refine.sharpen(probability, 0.5, 1.0) is probability
