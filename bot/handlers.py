@@ -45,7 +45,6 @@ from segmentation.effects import Look
 
 logger = logging.getLogger(__name__)
 
-MODEL_CALLBACK_PREFIX = MODEL_PREFIX
 _CROP_WORDS = {"on": True, "yes": True, "1": True, "вкл": True, "да": True, "off": False, "no": False, "0": False}
 _CROP_WORDS |= {"выкл": False, "нет": False}
 

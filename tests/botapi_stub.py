@@ -10,6 +10,7 @@ a ThreadingHTTPServer in a daemon thread; all shared state sits behind one condi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import itertools
@@ -18,7 +19,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -91,6 +92,7 @@ class BotApiStub:
         self.file_server_down = False  # when set, file downloads answer 502 Bad Gateway
         self.languages: dict[int, str] = {}  # a user's Telegram language_code (default "en")
         self._media_groups = itertools.count(1)
+        self._holding: list[tuple[str, dict[str, Any]]] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -138,10 +140,27 @@ class BotApiStub:
 
     def _push(self, kind: str, payload: dict[str, Any]) -> int:
         with self._cond:
+            if self._holding is not None:  # inside together(): delivered when the block ends
+                self._holding.append((kind, payload))
+                return -1
             update_id = next(self._update_ids)
             self._updates.append({"update_id": update_id, kind: payload})
             self._cond.notify_all()
             return update_id
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Deliver the updates pushed in the block at once, in one getUpdates answer (as an album often comes)."""
+        with self._cond:
+            self._holding = []
+        try:
+            yield
+        finally:
+            with self._cond:
+                held, self._holding = self._holding, None
+                for kind, payload in held:
+                    self._updates.append({"update_id": next(self._update_ids), kind: payload})
+                self._cond.notify_all()
 
     def _message(self, chat_id: int, user_id: int | None, **content: Any) -> dict[str, Any]:
         return {
@@ -209,7 +228,8 @@ class BotApiStub:
     ) -> list[str]:
         """A media group of photos, as Telegram sends one: a message per photo sharing a media_group_id."""
         group = f"MG{next(self._media_groups)}"
-        return [self.push_photo(chat_id, data, size, user_id, media_group_id=group) for data, size in photos]
+        with self.together():
+            return [self.push_photo(chat_id, data, size, user_id, media_group_id=group) for data, size in photos]
 
     def push_document(
         self,
