@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 _CROP_WORDS = {"on": True, "yes": True, "1": True, "вкл": True, "да": True, "off": False, "no": False, "0": False}
 _CROP_WORDS |= {"выкл": False, "нет": False}
+# What /lang accepts: the codes, and each language's name in both languages.
+_LANGUAGE_WORDS = {"en": "en", "english": "en", "английский": "en", "ru": "ru", "russian": "ru", "русский": "ru"}
 
 
 async def _texts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Texts:
@@ -112,7 +114,7 @@ async def lang_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     if not context.args:
         await message.reply_text(t.LANG_CHOOSE, reply_markup=language_keyboard(t.language))
         return
-    language = context.args[0].strip().lower()[:2]
+    language = _LANGUAGE_WORDS.get(context.args[0].strip().lower())
     if language not in LANGUAGES or update.effective_user is None:
         await message.reply_text(t.LANG_UNKNOWN, reply_markup=language_keyboard(t.language))
         return

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -226,8 +225,3 @@ def _failure(svc: Services, t: Texts, error: Exception, model: str) -> PhotoOutc
     # Anything else is our fault, not the user's: log it, apologise, no details.
     logger.error("background removal failed (model %s)", model, exc_info=error)
     return PhotoOutcome(Outcome.ERROR, failure=t.GENERIC_ERROR)
-
-
-def elapsed_since(started: float) -> float:
-    """Seconds since a time.monotonic() reading."""
-    return time.monotonic() - started

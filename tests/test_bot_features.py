@@ -430,4 +430,7 @@ async def test_a_russian_user_gets_russian_results_and_buttons(botapi: BotApiStu
         assert list(buttons(result))[:2] == [RU.BTN_OTHER_MODEL, RU.BTN_STICKER]
         assert image_of(result).mode == "RGB"  # blurred background, no transparency
         assert await tap(botapi, 411, result, "garbage") == RU.BUTTON_INVALID
+        botapi.push_text(411, "/lang English")
+        await botapi.wait_for(lambda: len(botapi.texts(411)) == 2, 20, "the switch")
+        assert botapi.texts(411)[1] == EN.LANG_SET
     assert_friendly(botapi, 411)
