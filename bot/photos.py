@@ -148,9 +148,10 @@ async def check_header(svc: Services, t: Texts, data: bytes) -> tuple[str, Outco
 async def wait_in_line(
     svc: Services, t: Texts, status: Message | None, shown: int, place: Reservation, submitted: asyncio.Future
 ) -> CutoutResult:
-    """Wait for a submitted photo; meanwhile edit its place-in-line message (sent showing `shown` ahead) as the
-    line moves: at most one edit every BOT_QUEUE_UPDATE_INTERVAL seconds, only when the number changed.
-    Cancelling the wait cancels the photo.
+    """Wait for a submitted photo, editing its place-in-line message (sent showing `shown`) as the line moves.
+
+    At most one edit every BOT_QUEUE_UPDATE_INTERVAL seconds, and only when the number changed. Cancelling the
+    wait cancels the photo.
     """
     try:
         while status is not None:
