@@ -434,3 +434,43 @@ async def test_a_russian_user_gets_russian_results_and_buttons(botapi: BotApiStu
         await botapi.wait_for(lambda: len(botapi.texts(411)) == 2, 20, "the switch")
         assert botapi.texts(411)[1] == EN.LANG_SET
     assert_friendly(botapi, 411)
+
+
+async def test_a_failing_re_render_is_apologised_for_without_details(
+    botapi: BotApiStub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path, botapi)
+    engine = boxed_engine(settings)
+
+    async def broken(*args: object) -> bytes:
+        raise RuntimeError("the render farm is on fire")
+
+    async with running_bot(settings, engine):
+        botapi.push_photo(421, tiny_photo(), (96, 64))
+        result = await first_result(botapi, 421)
+        engine.recompose = broken
+        assert await tap(botapi, 421, result, buttons(result)[EN.BTN_BLUR]) == ""
+        await botapi.wait_for(lambda: botapi.texts(421), 20, "the apology")
+    assert botapi.texts(421) == [EN.GENERIC_ERROR]
+    assert "the render farm is on fire" in caplog.text  # logged for us, never shown to the user
+    assert_friendly(botapi, 421)
+
+
+async def test_other_model_counts_against_the_users_pending_limit(botapi: BotApiStub, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, botapi, user_pending_limit=1)
+    calls = NetworkCalls(gated=True)
+    async with running_bot(settings, boxed_engine(settings, calls)) as application:
+        botapi.push_photo(431, tiny_photo(seed=1), (96, 64))
+        calls.let_one_through()
+        result = await first_result(botapi, 431)
+        botapi.push_photo(431, tiny_photo(seed=2), (96, 64))  # held in the network: the user's one slot is taken
+        await botapi.wait_for(lambda: calls.count == 2, 20, "the second photo to run")
+        assert await tap(botapi, 431, result, buttons(result)[EN.BTN_OTHER_MODEL]) == ""
+        await botapi.wait_for(lambda: botapi.texts(431), 20, "the refusal")
+        assert botapi.texts(431) == [EN.user_limit(1)]
+        calls.let_one_through()
+        await botapi.wait_for(lambda: len(botapi.documents(431)) == 2, 20, "the second result")
+        pending = application.bot_data["services"].pending
+        await botapi.wait_for(lambda: not pending, 20, "the slot to come back")
+    assert calls.count == 2  # the refused tap ran no network
+    assert_friendly(botapi, 431)
