@@ -114,7 +114,7 @@ def blurred_background(image: Image.Image, matte: np.ndarray, radius: float = BL
     cost does not grow with the photo's resolution.
     """
     _check(image, matte)
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # only read: no copy of an RGB photo
     scale = min(1.0, BLUR_WORKING_SIDE / max(rgb.size))
     small_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     small = rgb.resize(small_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
