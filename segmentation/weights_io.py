@@ -38,6 +38,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parameters: int = 0
+    second_pass: bool = False  # a second pass on a crop around small people (measured per weights, on val)
     output_stride: int | None = None  # DeepLab's encoder stride the weights were trained at; None: the default
 
     def to_json(self) -> str:

@@ -379,3 +379,37 @@ def test_contrast_curve_keeps_the_decision_and_pushes_values_apart() -> None:
     torch.testing.assert_close(sharpened >= 0.5, probability >= 0.5)
     assert ((sharpened - 0.5).abs() >= (probability - 0.5).abs() - 1e-6).all()
     assert refine.sharpen(probability, 0.5, 1.0) is probability
+
+
+def small_figure(width: int = 400, height: int = 300) -> Image.Image:
+    """A dark scene with one small bright figure (2.5% of the frame) near the lower right."""
+    pixels = np.full((height, width, 3), 20, dtype=np.uint8)
+    pixels[200:260, 300:350] = 230
+    return Image.fromarray(pixels)
+
+
+def test_second_pass_looks_again_at_a_small_figure_on_a_crop_around_it() -> None:
+    net = BrightnessNet()
+    card = ModelCard(architecture="deeplab", inference_size=64, second_pass=True)
+    predictor = Predictor(net, card, fast=False)
+    alpha, timings = predictor.predict_alpha_timed(small_figure())
+    assert "second_pass" in timings and len(net.input_shapes) == 2  # the frame, then the crop
+    left, top, right, bottom = predictor.small_subject_box(predictor.predict_low_res(small_figure())[0], (400, 300))
+    assert left <= 300 and top <= 200 and right >= 350 and bottom >= 260  # the crop holds the figure
+    assert (right - left) * (bottom - top) <= 0.5 * 400 * 300
+    mask = alpha >= 0.5
+    assert mask[205:255, 305:345].all() and mask.mean() == pytest.approx(50 * 60 / (400 * 300), abs=0.01)
+
+
+def test_second_pass_is_skipped_for_large_people_nobody_and_when_off() -> None:
+    large, _ = scene(96, 96)
+    nobody = Image.new("RGB", (96, 96), (20, 20, 20))
+    for photo in (large, nobody):
+        net = BrightnessNet()
+        Predictor(
+            net, ModelCard(architecture="deeplab", inference_size=64, second_pass=True), fast=False
+        ).predict_alpha(photo)
+        assert len(net.input_shapes) == 1
+    net = BrightnessNet()
+    Predictor(net, ModelCard(architecture="deeplab", inference_size=64), fast=False).predict_alpha(small_figure())
+    assert len(net.input_shapes) == 1  # off unless the card turns it on

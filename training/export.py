@@ -195,6 +195,7 @@ def export(
     limit: int | None = None,
     inference_size: int | None = None,
     flip_average: bool = False,
+    second_pass: bool = False,
     log: Callable[[str], None] = print,
 ) -> ModelCard:
     """Write a checkpoint's weights and card into out_dir; with score, evaluate them and record it in the card.
@@ -208,6 +209,7 @@ def export(
     if inference_size:  # chosen on the val split after training: the run's size need not be the best to serve
         card.inference_size = inference_size
     card.flip_average = flip_average
+    card.second_pass = second_pass
     if not card.training_command:
         log(f"warning: no {checkpoint_path.parent / 'command.txt'}; the card's training_command stays empty")
     model = create_model(card.architecture)
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inference-size", type=positive_int, help="long side the predictor resizes to (default: the run's)"
     )
     parser.add_argument("--flip-average", action="store_true", help="serve with test-time horizontal flip")
+    parser.add_argument("--second-pass", action="store_true", help="serve with a second pass around small people")
     args = parser.parse_args(argv)
     if (args.data or args.limit) and not args.evaluate:
         parser.error("--data and --limit choose what --evaluate scores; add --evaluate")
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             inference_size=args.inference_size,
             flip_average=args.flip_average,
+            second_pass=args.second_pass,
             log=lambda message: print(message, flush=True),
         )
     except (ExportError, WeightsError, DatasetError) as error:
