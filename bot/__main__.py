@@ -1,4 +1,4 @@
-"""`python -m bot` / `bgremover-bot`: load the settings, build the Application and long-poll until SIGINT/SIGTERM."""
+"""`python -m bot` / `bgremover-bot`: load the settings, build the Application, long-poll (or serve a webhook)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,18 @@ def main() -> int:
     # Imported after the settings check: the engine pulls in torch, which takes seconds to load.
     from telegram.error import InvalidToken, NetworkError
 
-    from bot.app import ALLOWED_UPDATES, build_application
+    from bot.app import ALLOWED_UPDATES, build_application, webhook_options
     from bot.services import SERVICES_KEY
 
     application = build_application(settings)  # installs the token redaction before anything can log it
     try:
-        application.run_polling(stop_signals=(signal.SIGINT, signal.SIGTERM), allowed_updates=ALLOWED_UPDATES)
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+        webhook = webhook_options(settings)
+        if webhook is None:
+            application.run_polling(stop_signals=stop_signals, allowed_updates=ALLOWED_UPDATES)
+        else:
+            logger.info("serving the webhook on %s:%d", settings.webhook_listen, settings.webhook_port)
+            application.run_webhook(stop_signals=stop_signals, **webhook)
         code = 0
     except InvalidToken:
         logger.error("cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)")

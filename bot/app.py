@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -26,6 +26,7 @@ from bot.services import SERVICES_KEY, Services
 from bot.store import AsyncStore
 from segmentation import MODEL_NAMES
 from segmentation.engine import EngineConfig, InferenceEngine
+from segmentation.engine_api import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +168,42 @@ async def _post_shutdown(application: Application) -> None:
     await svc.store.close()
 
 
-def build_application(settings: Settings, engine: InferenceEngine | None = None) -> Application:
+def webhook_options(settings: Settings) -> dict[str, Any] | None:
+    """run_webhook's (and Updater.start_webhook's) arguments in webhook mode; None means long polling."""
+    if not settings.webhook_url:
+        return None
+    return {
+        "listen": settings.webhook_listen,
+        "port": settings.webhook_port,
+        # The path of the public URL is the path served locally: a reverse proxy forwards it unchanged.
+        "url_path": urlsplit(settings.webhook_url).path.strip("/"),
+        "webhook_url": settings.webhook_url,
+        "secret_token": settings.webhook_secret.get_secret_value(),
+        "allowed_updates": ALLOWED_UPDATES,
+    }
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine the settings name: the in-process one (default) or a client of the Ray Serve application."""
+    if settings.engine == "ray":
+        # Imported only here: Ray is an optional extra, and a local bot never needs it.
+        from segmentation.serving import RayServeEngine, ServingConfig
+
+        config = ServingConfig.from_bot_settings(settings)
+        return RayServeEngine(config, address=settings.ray_address, deploy=settings.ray_address is None)
+    return InferenceEngine(
+        EngineConfig(queue_size=settings.queue_size, workers=settings.workers, max_pixels=settings.max_pixels)
+    )
+
+
+def build_application(settings: Settings, engine: Engine | None = None) -> Application:
     """The configured Application; it starts `engine` (or a new one from the settings) and closes it on stop."""
     token = settings.token.get_secret_value()
     install_log_hygiene(token)
+    if settings.webhook_secret is not None:
+        REDACTOR.add_secret(settings.webhook_secret.get_secret_value())
     if engine is None:
-        engine = InferenceEngine(
-            EngineConfig(queue_size=settings.queue_size, workers=settings.workers, max_pixels=settings.max_pixels)
-        )
+        engine = build_engine(settings)
     builder = (
         ApplicationBuilder()
         .application_class(BotApplication)

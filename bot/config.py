@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from telegram.constants import FileSizeLimit
 
@@ -53,6 +54,29 @@ class Settings(BaseSettings):
     cache_seconds: float = Field(default=3600.0, gt=0)
     # How often a "you are number N in line" message may be edited as the line moves (Telegram rate-limits edits).
     queue_update_interval: float = Field(default=3.0, gt=0)
+    # Webhook mode (instead of long polling) when BOT_WEBHOOK_URL is set: the public HTTPS URL Telegram posts
+    # updates to (a reverse proxy forwards them to LISTEN:PORT); its path is the local path served.
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(default=8443, ge=1, le=65535)
+    # Telegram sends it in X-Telegram-Bot-Api-Secret-Token with every update; other posts are refused.
+    # Telegram allows 1-256 of A-Z a-z 0-9 _ -; at least 16 here so it cannot be guessed (and is redacted).
+    webhook_secret: SecretStr | None = None
+    # Where the networks run: "local" (in this process, the default) or "ray" (a Ray Serve application).
+    engine: Literal["local", "ray"] = "local"
+    # The Ray cluster: "auto" (this machine is a node of it), "ray://head:10001", or unset for a local try-out.
+    ray_address: str | None = None
+    ray_app_name: str = "bgremover"
+    # Replicas of the Serve deployment: autoscaled between min and max, aiming at this many requests each.
+    ray_min_replicas: int = Field(default=1, ge=0)
+    ray_max_replicas: int = Field(default=4, ge=1)
+    ray_target_ongoing_requests: float = Field(default=2.0, gt=0)
+    # Photos one replica works on at once, and photos that may wait for a replica before "busy" is answered.
+    ray_max_ongoing_requests: int = Field(default=4, ge=1)
+    ray_max_queued_requests: int = Field(default=32, ge=0)
+    # Photos whose network pass is shared (1: no batching), and how long a replica waits to fill a batch.
+    ray_batch_size: int = Field(default=4, ge=1)
+    ray_batch_wait_s: float = Field(default=0.01, ge=0)
 
     @field_validator("token")
     @classmethod
@@ -60,6 +84,22 @@ class Settings(BaseSettings):
         if not value.get_secret_value().strip():
             raise ValueError("BOT_TOKEN is empty")
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _usable_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", value.get_secret_value()):
+            raise ValueError("must be 16-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        # Without the secret anyone who finds the URL could post forged updates as any user.
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("BOT_WEBHOOK_SECRET must be set when BOT_WEBHOOK_URL is")
+        if self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError("BOT_RAY_MIN_REPLICAS must not exceed BOT_RAY_MAX_REPLICAS")
+        return self
 
     @field_validator("admin_ids", mode="before")
     @classmethod

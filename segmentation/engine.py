@@ -1,7 +1,7 @@
 """The asyncio inference engine: a bounded queue in front of a pool of inference threads.
 
-`await engine.submit(data, model=...)` is the whole interface; a deployment that outgrows one
-machine can put a distributed serving engine behind the same call. A caller that must do work
+`await engine.submit(data, model=...)` is the whole interface (`segmentation.engine_api.Engine`, which this
+engine implements; `segmentation.serving` is the Ray Serve backend of the same interface). A caller that must do work
 before it has the photo (a download) takes its place first: `async with engine.reserve() as place:`
 refuses at once when the queue is full, and `await place.submit(...)` uses the reserved slot.
 
@@ -33,6 +33,12 @@ from segmentation import MODEL_NAMES, effects
 from segmentation.cpu import configure_torch_threads
 from segmentation.decoding import DEFAULT_MAX_PIXELS, decode_image
 from segmentation.effects import Look
+from segmentation.engine_api import (
+    EngineClosedError,
+    ModelUnavailableError,
+    QueueFullError,
+    RequestTimeoutError,
+)
 from segmentation.pipeline import MIN_PERSON_FRACTION, RemovalResult, remove_background
 from segmentation.predictor import Predictor
 from segmentation.rendering import RenderOptions
@@ -50,22 +56,6 @@ __all__ = [
     "RequestTimeoutError",
     "Reservation",
 ]
-
-
-class QueueFullError(RuntimeError):
-    """The queue is full: the request was refused at once instead of waiting."""
-
-
-class EngineClosedError(RuntimeError):
-    """The engine was shut down before this request could run."""
-
-
-class ModelUnavailableError(RuntimeError):
-    """The requested model's weights are missing or broken on this server."""
-
-
-class RequestTimeoutError(TimeoutError):
-    """The request did not finish within its timeout."""
 
 
 @dataclass
