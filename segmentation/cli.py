@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
 from PIL import ImageColor
@@ -103,6 +104,42 @@ def models_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    """Start the Ray Serve application on a running Ray cluster (--address) or on a local one."""
+    try:
+        import ray
+        from ray import serve
+
+        from segmentation.serving import ServingConfig, deploy
+    except ImportError:
+        print("bgremover: Ray Serve is not installed: pip install 'bgremover[ray]'", file=sys.stderr)
+        return 1
+    config = ServingConfig(
+        app_name=args.name,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
+        batch_size=args.batch_size,
+        batch_wait_s=args.batch_wait_s,
+        replica_cpus=args.replica_cpus,
+        weights_dir=str(args.weights_dir) if args.weights_dir else None,
+    )
+    ray.init(address=args.address)
+    deploy(config)
+    replicas = f"{config.min_replicas}-{config.max_replicas} replicas"
+    print(f"bgremover: Serve application {config.app_name!r} is running ({replicas})")
+    if args.address is None or args.wait:
+        # A local cluster ends with this process (and `--wait` keeps a container's main process alive).
+        print("bgremover: serving until interrupted (Ctrl-C)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `bgremover`."""
     parser = argparse.ArgumentParser(prog="bgremover", description="Remove the background from photos of people.")
@@ -119,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(handler=remove_command)
     models = commands.add_parser("models", help="list the networks and their weights")
     models.set_defaults(handler=models_command)
+    serving = commands.add_parser("serve", help="start the Ray Serve application (needs the ray extra)")
+    serving.add_argument("--address", help="a running Ray cluster: 'auto' or ray://head:10001 (default: a local one)")
+    serving.add_argument("--name", default="bgremover", help="the Serve application's name (BOT_RAY_APP_NAME)")
+    serving.add_argument("--min-replicas", type=int, default=1)
+    serving.add_argument("--max-replicas", type=int, default=4)
+    serving.add_argument("--target-ongoing-requests", type=float, default=2.0, help="autoscaling's aim per replica")
+    serving.add_argument("--max-ongoing-requests", type=int, default=4, help="photos one replica works on at once")
+    serving.add_argument("--max-queued-requests", type=int, default=32, help="photos waiting per caller before busy")
+    serving.add_argument("--batch-size", type=int, default=4, help="photos sharing a forward pass (1: no batching)")
+    serving.add_argument("--batch-wait-s", type=float, default=0.01)
+    serving.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs reserved per replica")
+    serving.add_argument("--wait", action="store_true", help="stay in the foreground on a running cluster too")
+    serving.set_defaults(handler=serve_command)
     return parser
 
 
