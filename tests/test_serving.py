@@ -281,3 +281,31 @@ async def test_a_dead_replica_is_retried_once_then_a_failure(make_engine, gate: 
     (gate.folder / "die").touch()
     with pytest.raises(ReplicaFailedError):  # dies again on the retry: a failure, not a hang
         await asyncio.wait_for(engine.submit(photo(seed=1)), PATIENCE)
+
+
+async def test_the_bot_end_to_end_on_ray_serve(ray_cluster: Any, tmp_path: Path) -> None:
+    """BOT_ENGINE=ray: a photo sent to the bot comes back as a PNG made on a Serve replica (shipped weights)."""
+    from bot_fixtures import TOKEN, decode_result, make_settings, running_bot, small_photo
+    from botapi_stub import BotApiStub
+    from ray import serve
+
+    from bot.app import build_engine
+    from segmentation.serving import RayServeEngine
+
+    stub = BotApiStub(TOKEN).start()
+    try:
+        settings = make_settings(
+            tmp_path, stub, engine="ray", ray_app_name="bot-e2e", ray_min_replicas=1, ray_max_replicas=1
+        )
+        engine = build_engine(settings)
+        assert isinstance(engine, RayServeEngine)
+        async with running_bot(settings, engine):
+            data = small_photo()
+            stub.push_photo(71, data, Image.open(io.BytesIO(data)).size)
+            (result,) = await stub.wait_for(lambda: stub.documents(71), PATIENCE, "the result document")
+            assert decode_result(result.document.data).size == Image.open(io.BytesIO(data)).size
+            assert engine.stats()["completed"] == 1
+        assert not stub.errors, stub.errors
+    finally:
+        stub.stop()
+        serve.delete("bot-e2e")
