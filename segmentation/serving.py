@@ -56,6 +56,9 @@ DEPLOYMENT_NAME = "segmentation"
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 # A pipeline thread never waits longer than this for its batched forward pass (a stuck batch must not hang it).
 NETWORK_WAIT_S = 600.0
+# How long a client that does not deploy waits for the application to be running, and how often it looks.
+APP_WAIT_S = 300.0
+APP_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,19 @@ class RayServeEngine:
             if self._deploy:
                 self._handle = deploy(self.config, self._make_predictors)
             else:
-                self._handle = serve.get_app_handle(self.config.app_name)
+                self._handle = self._wait_for_app()
+
+    def _wait_for_app(self) -> Any:
+        # A bot started beside the cluster (docker compose) may come up before `bgremover serve` deployed.
+        deadline = time.monotonic() + APP_WAIT_S
+        while True:
+            application = serve.status().applications.get(self.config.app_name)
+            if application is not None and application.status == "RUNNING":
+                return serve.get_app_handle(self.config.app_name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Serve application {self.config.app_name!r} is not running on the cluster")
+            logger.info("waiting for the Serve application %r to be running", self.config.app_name)
+            time.sleep(APP_POLL_S)
 
     async def start(self) -> None:
         """Connect to the cluster (a local one when no address was given) and, if asked, deploy the app."""

@@ -309,3 +309,16 @@ async def test_the_bot_end_to_end_on_ray_serve(ray_cluster: Any, tmp_path: Path)
     finally:
         stub.stop()
         serve.delete("bot-e2e")
+
+
+@pytest.mark.parametrize("backend", ["ray"])
+async def test_a_second_client_uses_the_running_application(make_engine, gate: Gate, backend: str) -> None:
+    """What the bot does beside `bgremover serve`: it finds the application instead of deploying it."""
+    from segmentation.serving import RayServeEngine
+
+    gate.open()
+    deployed = await make_engine(make_predictors=functools.partial(gated_predictors, str(gate.folder)))
+    async with RayServeEngine(deployed.config, deploy=False) as joined:
+        result = await asyncio.wait_for(joined.submit(photo(40, 30)), PATIENCE)
+    assert (result.width, result.height) == (40, 30)
+    assert gate.started() == 1  # it ran on the deployed application's replica
