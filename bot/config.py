@@ -85,6 +85,12 @@ class Settings(BaseSettings):
             raise ValueError("BOT_TOKEN is empty")
         return value
 
+    @field_validator("webhook_url", "webhook_secret", "ray_address", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # docker compose passes an unset ${VAR:-} as an empty string: that means "not set", not "empty".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("webhook_secret")
     @classmethod
     def _usable_secret(cls, value: SecretStr | None) -> SecretStr | None:

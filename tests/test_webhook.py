@@ -127,3 +127,9 @@ def test_webhook_settings() -> None:
     options = webhook_options(settings)
     assert (options["url_path"], options["port"], options["secret_token"]) == ("hook", 8080, SECRET)
     assert webhook_options(Settings(_env_file=None, token=TOKEN)) is None  # long polling stays the default
+
+
+def test_blank_webhook_settings_mean_long_polling() -> None:
+    """docker compose passes unset variables as empty strings: they must not switch the mode or fail."""
+    settings = Settings(_env_file=None, token=TOKEN, webhook_url="", webhook_secret="", ray_address="")
+    assert webhook_options(settings) is None and settings.ray_address is None
