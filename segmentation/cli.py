@@ -99,8 +99,12 @@ def models_command(args: argparse.Namespace) -> int:
         score = f"val Dice {dice:.3f}" if dice is not None else "no validation metrics"
         print(f"{name}: {card.parameters / 1e6:.1f} M parameters, input long side {card.inference_size}, {score}")
         for source, metrics in card.metrics.items():
-            if source != "all":
+            if source == "all":
+                continue
+            if metrics.get("people", True):
                 print(f"    {source}: Dice {metrics['dice']:.3f}  IoU {metrics['iou']:.3f}")
+            else:  # photos with nobody in them: how much of each photo is wrongly kept
+                print(f"    {source} (nobody in them): {metrics['kept']:.1%} of each photo kept")
     return 0
 
 

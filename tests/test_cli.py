@@ -123,13 +123,18 @@ def test_models_shows_validation_metrics_from_the_cards(tmp_path: Path, capsys) 
         "mean": [0.5] * 3,
         "std": [0.25] * 3,
         "parameters": 16614660,
-        "metrics": {"all": {"dice": 0.9312, "iou": 0.8711}, "people-ccp": {"dice": 0.95, "iou": 0.905}},
+        "metrics": {
+            "all": {"dice": 0.9312, "iou": 0.8711},
+            "people-ccp": {"dice": 0.95, "iou": 0.905},
+            "no-people": {"dice": 0.0, "iou": 0.0, "kept": 0.031, "people": False},
+        },
     }
     (tmp_path / "deeplab.json").write_text(json.dumps(card))
     assert run(tmp_path, "models") == 0
     out = capsys.readouterr().out
     assert "deeplab: 16.6 M parameters, input long side 384, val Dice 0.931" in out
     assert "people-ccp: Dice 0.950  IoU 0.905" in out
+    assert "no-people (nobody in them): 3.1% of each photo kept" in out
     assert "unet: no weights (no model card for 'unet'" in out
 
 
