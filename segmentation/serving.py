@@ -115,10 +115,15 @@ class _BatchedNetwork(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Queue this call's tensor for the batched pass and wait for its logits."""
-        pending = asyncio.run_coroutine_threadsafe(
-            self._replica.network_batch((self.model_name, batch)), self._replica.loop
-        )
-        return pending.result(NETWORK_WAIT_S)
+        replica = self._replica
+        with replica.counter_lock:
+            replica.network_calls += 1
+        try:
+            pending = asyncio.run_coroutine_threadsafe(replica.network_batch((self.model_name, batch)), replica.loop)
+            return pending.result(NETWORK_WAIT_S)
+        finally:
+            with replica.counter_lock:
+                replica.network_calls -= 1
 
 
 class _ReplicaPipeline(InferenceEngine):
@@ -186,6 +191,8 @@ class SegmentationReplica:
         self.network_batch.set_max_batch_size(config.batch_size)
         self.network_batch.set_batch_wait_timeout_s(config.batch_wait_s)
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of recent batches, for stats and tests
+        self.network_calls = 0  # photos at the network stage: waiting for a batch, or in the running one
+        self.counter_lock = threading.Lock()
 
     def _batched(self, name: str, predictor: Predictor) -> Predictor:
         self._networks[name] = predictor.model
@@ -243,9 +250,9 @@ class SegmentationReplica:
         except Exception as error:
             return _failure(error)
 
-    async def batch_sizes(self) -> list[int]:
-        """Sizes of this replica's recent network batches."""
-        return list(self.batches)
+    async def replica_stats(self) -> dict[str, Any]:
+        """What one replica is doing: photos at its network stage, and the sizes of its recent batches."""
+        return {"network_calls": self.network_calls, "batch_sizes": list(self.batches)}
 
 
 def build_app(
@@ -510,6 +517,11 @@ class RayServeEngine:
         """A 512 px WEBP sticker of a photo already seen, made on a replica; None when nobody is in it."""
         self._check_open()
         return await self._call("sticker", data, matte)
+
+    async def replica_stats(self) -> dict[str, Any]:
+        """One replica's view (photos at its network stage, recent batch sizes); it takes one of its ongoing slots."""
+        self._check_open()
+        return await self._handle.replica_stats.remote()
 
     def _check_open(self) -> None:
         if self._closing or self._handle is None:

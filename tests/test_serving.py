@@ -322,3 +322,24 @@ async def test_a_second_client_uses_the_running_application(make_engine, gate: G
         result = await asyncio.wait_for(joined.submit(photo(40, 30)), PATIENCE)
     assert (result.width, result.height) == (40, 30)
     assert gate.started() == 1  # it ran on the deployed application's replica
+
+
+@pytest.mark.parametrize("backend", ["ray"])
+async def test_photos_waiting_for_the_network_share_one_forward_pass(make_engine, gate: Gate, backend: str) -> None:
+    engine = await make_engine(
+        # Five at once on the replica: the four photos and the test's own replica_stats call.
+        make_predictors=functools.partial(gated_predictors, str(gate.folder)),
+        batch_size=4,
+        max_ongoing=5,
+    )
+    first = asyncio.create_task(engine.submit(photo(seed=0)))
+    await eventually(lambda: gate.started() == 1)  # its batch (of one) holds the network stage
+    others = [asyncio.create_task(engine.submit(photo(seed=seed))) for seed in (1, 2, 3)]
+    deadline = time.monotonic() + PATIENCE
+    while (await engine.replica_stats())["network_calls"] < 4:  # the three wait for the next batch
+        assert time.monotonic() < deadline, "the photos never reached the network stage"
+    gate.open()
+    results = await asyncio.wait_for(asyncio.gather(first, *others), PATIENCE)
+    assert [result.width for result in results] == [48] * 4
+    assert gate.started() == 2  # two forward passes for four photos
+    assert (await engine.replica_stats())["batch_sizes"] == [1, 3]
