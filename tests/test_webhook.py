@@ -68,8 +68,11 @@ def botapi() -> Iterator[WebhookBotApiStub]:
 
 
 @pytest.fixture
-async def webhook_bot(botapi: WebhookBotApiStub, tmp_path) -> AsyncIterator[tuple[Application, str]]:
+async def webhook_bot(
+    botapi: WebhookBotApiStub, tmp_path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[tuple[Application, str]]:
     """The bot in webhook mode on a local port, started the way run_webhook starts it; yields it and its URL."""
+    caplog.set_level(logging.DEBUG)  # from the start: setWebhook's parameters (the secret) are logged at DEBUG
     port = free_port()
     settings = make_settings(
         tmp_path,
@@ -93,7 +96,6 @@ async def webhook_bot(botapi: WebhookBotApiStub, tmp_path) -> AsyncIterator[tupl
 async def test_an_update_is_taken_only_with_the_secret_token(
     webhook_bot: tuple[Application, str], botapi: WebhookBotApiStub, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     _, url = webhook_bot
     assert [(hook["url"], hook["secret_token"]) for hook in botapi.webhooks] == [
         (f"https://bot.example.org/{PATH}", SECRET)
@@ -111,6 +113,9 @@ async def test_an_update_is_taken_only_with_the_secret_token(
     assert "photo" in botapi.texts(503)[0].lower()  # /help describes what to send
     # The refused posts never reached a handler: nothing was sent to their chats.
     assert botapi.texts(501) == [] and botapi.texts(502) == []
+    # Whatever logs it (a library's debug line of setWebhook's parameters, a traceback), the secret is redacted.
+    logging.getLogger("anything").warning("posting with %s", SECRET)
+    assert "posting with [REDACTED]" in caplog.text
     assert SECRET not in caplog.text
     assert TOKEN.partition(":")[2] not in caplog.text
 
