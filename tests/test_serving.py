@@ -222,12 +222,18 @@ async def test_a_full_queue_is_refused_at_once(backend: str, make_engine, gate: 
     await eventually(lambda: gate.started() == 1)
     more = [asyncio.create_task(engine.submit(photo(seed=seed))) for seed in (2, 3, 4)]
     # Beyond the one running and the one waiting, the photos are refused while the gate is still shut.
-    await eventually(lambda: sum(task.done() for task in more) == 2)
+    await eventually(lambda: sum(task.done() for task in more) >= 2)
     refused = [task for task in more if task.done()]
     assert all(isinstance(task.exception(), QueueFullError) for task in refused)
     gate.open()
-    finished = await asyncio.wait_for(asyncio.gather(running, *(t for t in more if t not in refused)), PATIENCE)
-    assert [result.width for result in finished] == [48, 48]
+    outcomes = await asyncio.wait_for(asyncio.gather(running, *more, return_exceptions=True), PATIENCE)
+    assert outcomes[0].width == 48
+    # At most the one place in the queue was given: every other photo was refused, none failed otherwise.
+    # (Serve may refuse the queued one too when its router's view of the replica is late under load.)
+    accepted = [outcome for outcome in outcomes[1:] if not isinstance(outcome, QueueFullError)]
+    assert len(accepted) <= 1 and all(outcome.width == 48 for outcome in accepted)
+    if backend == "local":
+        assert len(accepted) == 1  # the in-process engine's queue is exact
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
