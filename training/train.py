@@ -445,6 +445,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                 f"{checkpoint_path} was written by {len(checkpoint['rng_per_rank'])} processes; "
                 f"resume it with as many (--nproc-per-node), not {ranks.world}"
             )
+        # What the run started from stays part of its config across resumes (cards add up the training behind it).
+        config.init_from = config.init_from or checkpoint["config"].get("init_from", "")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
