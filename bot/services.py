@@ -19,7 +19,7 @@ from bot.config import Settings
 from bot.matte_cache import MatteCache
 from bot.store import AsyncStore
 from segmentation.effects import TRANSPARENT, Look
-from segmentation.engine import InferenceEngine
+from segmentation.engine_api import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Services:
     """What the handlers share: settings, the engine, the store, and the photos in progress."""
 
     settings: Settings
-    engine: InferenceEngine
+    engine: Engine  # the in-process engine or the Ray Serve client: the same interface
     store: AsyncStore
     model_names: tuple[str, ...]
     started_at: float = field(default_factory=time.monotonic)
