@@ -39,7 +39,7 @@ from segmentation.engine_api import (
     QueueFullError,
     RequestTimeoutError,
 )
-from segmentation.pipeline import MIN_PERSON_FRACTION, RemovalResult, remove_background
+from segmentation.pipeline import MIN_PERSON_FRACTION, RemovalResult, person_share, remove_background
 from segmentation.predictor import Predictor
 from segmentation.rendering import RenderOptions
 from segmentation.weights_io import WeightsError
@@ -435,8 +435,7 @@ class InferenceEngine:
         decoded = time.perf_counter()
         predictor = load()  # after decoding: a bad upload gets its own answer even when the model cannot load
         matte, timings = predictor.predict_alpha8_timed(image)
-        histogram = Image.fromarray(matte, mode="L").histogram()
-        foreground = sum(histogram[predictor.threshold8 :]) / matte.size
+        foreground = person_share(matte, predictor.threshold8)
         composed = time.perf_counter()
         png = effects.render_png(image, matte, look, in_place=True)  # the photo was decoded for this result only
         finished = time.perf_counter()

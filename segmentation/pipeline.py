@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from segmentation.decoding import DEFAULT_MAX_PIXELS, decode_image
@@ -30,6 +31,12 @@ class RemovalResult:
     person_found: bool = False
 
 
+def person_share(matte: np.ndarray, threshold8: int) -> float:
+    """Share of a uint8 matte's pixels at or above the threshold, from its histogram (no full-size temporary)."""
+    histogram = Image.fromarray(matte, mode="L").histogram()
+    return sum(histogram[threshold8:]) / matte.size
+
+
 def render(
     image: Image.Image, predictor: Predictor, options: RenderOptions = DEFAULT_OPTIONS, *, in_place: bool = False
 ) -> RemovalResult:
@@ -39,9 +46,7 @@ def render(
     """
     started = time.perf_counter()
     alpha, timings = predictor.predict_alpha8_timed(image, hard=options.hard)
-    # From the matte's histogram (Pillow's, on the shared buffer): no full-size boolean or int64 temporary.
-    histogram = Image.fromarray(alpha, mode="L").histogram()
-    foreground = sum(histogram[predictor.threshold8 :]) / alpha.size
+    foreground = person_share(alpha, predictor.threshold8)
     composed = time.perf_counter()
     png = compose_png(image, alpha, options, in_place=in_place)
     finished = time.perf_counter()

@@ -182,6 +182,17 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     assert learning_rates[0] == pytest.approx(learning_rates[1])
 
 
+def test_a_resumed_run_keeps_what_it_was_warm_started_from(people: Path, tmp_path: Path) -> None:
+    first = tiny_config(people, tmp_path / "origin", steps=1)
+    train(first, log=lambda _: None)
+    origin = str(tmp_path / "origin" / "checkpoint.pt")
+    train(tiny_config(people, tmp_path / "warm", steps=1, init_from=origin), log=lambda _: None)
+    resumed = tiny_config(people, tmp_path / "warm", steps=2)  # the command line of a resume names no origin
+    train(resumed, resume=True, log=lambda _: None)
+    assert resumed.init_from == origin
+    assert load_checkpoint(tmp_path / "warm" / "checkpoint.pt")["config"]["init_from"] == origin
+
+
 def test_epochs_set_the_step_count_and_validation_runs_once_per_epoch(people: Path, tmp_path: Path) -> None:
     # The tiny set has 6 training pairs: at batch 2 an epoch is 3 steps, so 2 epochs are 6 steps.
     config = tiny_config(people, tmp_path / "epochs", steps=1000, epochs=2, eval_every=0, batch_size=2)
