@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from bot_fixtures import TOKEN
+from botapi_stub import BotApiStub
 from torch import nn
 
 from segmentation.models import MODEL_NAMES, create_model
@@ -14,6 +18,26 @@ from segmentation.weights_io import ModelCard, save_weights
 FIXTURES = Path(__file__).parent / "fixtures"
 # Long side the random-weight networks run at: small, so every test that predicts stays fast.
 RANDOM_INFERENCE_SIZE = 64
+
+
+@pytest.fixture
+def botapi() -> Iterator[BotApiStub]:
+    """A fresh Bot API stand-in per test; any request it could not understand fails the test."""
+    stub = BotApiStub(TOKEN).start()
+    yield stub
+    stub.stop()
+    assert not stub.errors, stub.errors
+
+
+@pytest.fixture
+def token_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Capture every log record at DEBUG during a test and check the bot token is in none of them."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    secret = TOKEN.partition(":")[2]
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert secret not in text, f"token leaked by {record.name}: {text[:200]}"
 
 
 @pytest.fixture(autouse=True)

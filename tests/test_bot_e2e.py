@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,24 +55,8 @@ needs_unet = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def botapi() -> Iterator[BotApiStub]:
-    """A fresh Bot API stand-in per test; any request it could not understand fails the test."""
-    stub = BotApiStub(TOKEN).start()
-    yield stub
-    stub.stop()
-    assert not stub.errors, stub.errors
-
-
-@pytest.fixture(autouse=True)
-def token_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Capture every log record at DEBUG during each test and check the token is in none of them."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    for record in caplog.records:
-        text = record.getMessage() + (record.exc_text or "")
-        assert SECRET_PART not in text, f"token leaked by {record.name}: {text[:200]}"
-    assert SECRET_PART not in caplog.text
+# Every test here checks that no log record carries the bot token (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("token_never_logged")
 
 
 def assert_friendly(stub: BotApiStub, *chats: int) -> None:

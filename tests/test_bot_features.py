@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +30,8 @@ RU = texts.for_language("ru")
 EN = texts.ENGLISH
 
 
-@pytest.fixture
-def botapi() -> Iterator[BotApiStub]:
-    """A fresh Bot API stand-in per test; any request it could not understand fails the test."""
-    stub = BotApiStub(TOKEN).start()
-    yield stub
-    stub.stop()
-    assert not stub.errors, stub.errors
-
-
-@pytest.fixture(autouse=True)
-def token_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """No log record carries the token."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    assert SECRET_PART not in caplog.text
+# Every test here checks that no log record carries the bot token (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("token_never_logged")
 
 
 def assert_friendly(stub: BotApiStub, *chats: int) -> None:
