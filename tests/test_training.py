@@ -228,6 +228,18 @@ def test_loss_falls_and_the_run_leaves_its_records(trained_run: Path) -> None:
         assert (trained_run / name).is_file(), name
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bf16_and_channels_last_only_where_the_cpu_has_bf16(monkeypatch, native_bf16: bool) -> None:
+    # Emulated bf16 on an AVX2-only CPU made a training step several times slower than float32.
+    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    with train_module.autocast_for(cpu):
+        product = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert product.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    expected = torch.channels_last if native_bf16 else torch.contiguous_format
+    assert train_module.memory_format_for(cpu) == expected
+
+
 def test_one_image_can_be_overfit() -> None:
     image, mask = draw_person(64, 64, random.Random(5))
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
