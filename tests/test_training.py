@@ -705,6 +705,15 @@ def test_export_can_choose_the_served_inference_size(trained_run: Path, tmp_path
     assert card.training["config"]["inference_size"] == 64  # the run itself is recorded as it was
 
 
+def test_export_sets_the_served_threshold_from_the_command_line(trained_run: Path, tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "weights"
+    assert export_main([str(trained_run / "best.pt"), "--out-dir", str(weights), "--threshold", "0.6"]) == 0
+    assert read_card("deeplab", weights).threshold == 0.6
+    with pytest.raises(SystemExit):
+        export_main([str(trained_run / "best.pt"), "--out-dir", str(weights), "--threshold", "1.5"])
+    assert "must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_export_evaluate_writes_what_training_evaluate_reproduces(
     trained_run: Path, people: Path, tmp_path: Path, capsys
 ) -> None:

@@ -194,6 +194,7 @@ def export(
     split: str = "val",
     limit: int | None = None,
     inference_size: int | None = None,
+    threshold: float | None = None,
     flip_average: bool = False,
     second_pass: bool = False,
     log: Callable[[str], None] = print,
@@ -208,6 +209,8 @@ def export(
     card = build_card(checkpoint, checkpoint_path)
     if inference_size:  # chosen on the val split after training: the run's size need not be the best to serve
         card.inference_size = inference_size
+    if threshold is not None:  # likewise chosen on val: where the matte counts as person
+        card.threshold = threshold
     card.flip_average = flip_average
     card.second_pass = second_pass
     if not card.training_command:
@@ -247,6 +250,14 @@ def export(
     return card
 
 
+def unit_interval(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: a checkpoint, where to write, and whether to score the result."""
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
@@ -258,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set (a quick check)")
     parser.add_argument(
         "--inference-size", type=positive_int, help="long side the predictor resizes to (default: the run's)"
+    )
+    parser.add_argument(
+        "--threshold", type=unit_interval, help="matte value from which a pixel counts as person (default 0.5)"
     )
     parser.add_argument("--flip-average", action="store_true", help="serve with test-time horizontal flip")
     parser.add_argument("--second-pass", action="store_true", help="serve with a second pass around small people")
@@ -273,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             limit=args.limit,
             inference_size=args.inference_size,
+            threshold=args.threshold,
             flip_average=args.flip_average,
             second_pass=args.second_pass,
             log=lambda message: print(message, flush=True),
