@@ -206,7 +206,7 @@ def limit_per_set(pairs: list, limit: int) -> list:
 def validation_predictor(model: torch.nn.Module, config: TrainConfig) -> Predictor:
     """The production predictor around the model being trained, so validation measures what would ship."""
     card = ModelCard(architecture=config.model, inference_size=config.inference_size)
-    fast = model_device(model).type == "cuda" or cpu_supports_bf16()
+    fast = uses_fast_path(model_device(model))
     return Predictor(model, card, fast=fast)
 
 
