@@ -159,8 +159,8 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     # ... another crashes just after its checkpoint at step 4, then resumes to step 6.
     save_checkpoint = train_module.save_checkpoint
 
-    def crash_after_step_4(path, model, optimizer, scheduler, step, *rest) -> None:
-        save_checkpoint(path, model, optimizer, scheduler, step, *rest)
+    def crash_after_step_4(path, model, optimizer, scheduler, step, *rest, **keywords) -> None:
+        save_checkpoint(path, model, optimizer, scheduler, step, *rest, **keywords)
         if step == 4:
             raise Interrupt
 
@@ -169,6 +169,7 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     with pytest.raises(Interrupt):
         train(broken, log=lambda _: None)
     monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
+    run_id = load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["run_id"]
     messages: list[str] = []
     train(broken, resume=True, log=messages.append)
     assert any(message.startswith("resumed") and "step 4" in message for message in messages)
@@ -176,6 +177,7 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     expected = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "broken" / "checkpoint.pt")
     assert resumed["step"] == expected["step"] == 6
+    assert resumed["run_id"] == run_id != expected["run_id"]  # a resume is the same run; another run is not
     for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     learning_rates = [checkpoint["optimizer"]["param_groups"][0]["lr"] for checkpoint in (resumed, expected)]
@@ -390,6 +392,27 @@ def test_composites_start_from_real_backgrounds_and_keep_the_crop_size(people: P
         image, mask = samples[(0, seed)]
         assert image.shape == (3, 48, 48) and mask.shape == (1, 48, 48) and set(mask.unique().tolist()) <= {0, 1}
     assert torch.equal(samples[(0, 3)][0], samples[(0, 3)][0])  # reproducible from the sample's seed
+
+
+def test_a_new_run_refuses_a_folder_that_holds_another_run(people: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "command.txt").write_text("python -m training.train earlier.toml\n")
+    (out_dir / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 10, "minutes": 5.0}) + "\n")
+    with pytest.raises(train_module.RunDirectoryTaken, match="--resume"):
+        train(tiny_config(people, out_dir, steps=1), log=lambda _: None)
+
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text('model = "deeplab"\nthreads = 1\nworkers = 0\n')
+    with pytest.raises(SystemExit):
+        train_module.main([str(config_path), "--steps", "1", "--out-dir", str(out_dir), "--data", str(people)])
+    assert "already holds a run (metrics.jsonl)" in capsys.readouterr().err
+    assert (out_dir / "command.txt").read_text() == "python -m training.train earlier.toml\n"  # nothing appended
+
+    # --resume with a log but no checkpoint (the run died before its first one): a new run, its log restarted.
+    train(tiny_config(people, out_dir, steps=1, eval_every=1), resume=True, log=lambda _: None)
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1] * len(records) and records
 
 
 def test_main_appends_each_command_line(people: Path, tmp_path: Path) -> None:
@@ -695,6 +718,7 @@ def test_export_round_trips_through_the_shipped_format(trained_run: Path, tmp_pa
     assert card.training["steps"] == step and card.training["samples_seen"] == 4 * step
     assert card.training["epochs"] == pytest.approx(4 * step / 6, abs=0.01)
     assert card.training["config"] == checkpoint["config"]
+    assert card.training["run_id"] == checkpoint["run_id"] != ""
     assert card.training["validation_during_training"] == checkpoint["metrics"]
     assert card.metrics == {}  # only --evaluate writes scores, and only production-path ones
 
@@ -887,3 +911,10 @@ def test_cards_add_up_the_training_behind_them(tmp_path: Path) -> None:
     shipped.with_suffix(".json").write_text(json.dumps({"training": {"cumulative": total, "config": config.to_dict()}}))
     again = cumulative_training(config, samples=800, hours=1.5)
     assert again["samples_seen"] == 1800 and again["hours"] == 3.5
+
+    # With run ids: a re-export of the same run counts it once; a later run in the same folder adds to it.
+    card = {"training": {"run_id": "first", "cumulative": total, "config": config.to_dict()}}
+    shipped.with_suffix(".json").write_text(json.dumps(card))
+    assert cumulative_training(config, samples=800, hours=1.5, run_id="first")["samples_seen"] == 1800
+    later = cumulative_training(config, samples=400, hours=0.5, run_id="second")
+    assert (later["samples_seen"], later["hours"]) == (2200, 4.0)

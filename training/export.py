@@ -130,17 +130,21 @@ def run_hours(run_dir: Path) -> float | None:
     return round((minutes + segment) / 60, 2)
 
 
-def cumulative_training(config: TrainConfig, samples: int, hours: float | None) -> dict[str, Any]:
+def cumulative_training(config: TrainConfig, samples: int, hours: float | None, run_id: str = "") -> dict[str, Any]:
     """Samples, hours and data over every run behind these weights: this one plus the card it started from.
 
     A re-export of the same run reads what came before it from the card it is replacing, not that card's total.
+    The same run is told by its run id; cards older than run ids fall back to the run's folder.
     """
     earlier: dict[str, Any] = {"samples_seen": 0, "hours": 0.0, "data": []}
     init_card = Path(config.init_from).with_suffix(".json") if config.init_from.endswith(".safetensors") else None
     if init_card is not None and init_card.is_file():
         previous = json.loads(init_card.read_text()).get("training", {})
         total = previous.get("cumulative", {})
-        same_run = previous.get("config", {}).get("out_dir") == config.out_dir
+        if previous.get("run_id") and run_id:
+            same_run = previous["run_id"] == run_id
+        else:
+            same_run = previous.get("config", {}).get("out_dir") == config.out_dir
         earlier = total.get("earlier", earlier) if same_run else total or earlier
     data = sorted({*earlier.get("data", []), *(Path(folder).name for folder in config.data)})
     known_hours = hours is not None and earlier.get("hours") is not None
@@ -156,7 +160,9 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     """The card of a checkpoint: architecture, input, normalisation, data, command and training facts."""
     config = TrainConfig.from_dict(checkpoint["config"])
     samples = checkpoint["step"] * config.batch_size
+    run_id = checkpoint.get("run_id", "")
     training: dict[str, Any] = {
+        **({"run_id": run_id} if run_id else {}),
         "checkpoint": str(checkpoint_path),
         "steps": checkpoint["step"],
         "samples_seen": samples,
@@ -172,7 +178,7 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     if "metrics" in checkpoint:
         # training.train's own quick check (plain resize, no edge refinement), kept apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]
-    training["cumulative"] = cumulative_training(config, samples, run_hours(checkpoint_path.parent))
+    training["cumulative"] = cumulative_training(config, samples, run_hours(checkpoint_path.parent), run_id)
     training["config"] = config.to_dict()
     return ModelCard(
         architecture=config.model,

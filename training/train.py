@@ -13,6 +13,7 @@ import random
 import shlex
 import sys
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,10 +307,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, scheduler, step: int, config: TrainConfig, best: float, rng: list[dict]
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    config: TrainConfig,
+    best: float,
+    rng: list[dict],
+    *,
+    run_id: str = "",
 ) -> None:
     """Write everything needed to continue exactly: weights, optimiser, schedule, step, config, every rank's RNG."""
     checkpoint = {
+        "run_id": run_id,
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -320,6 +331,25 @@ def save_checkpoint(
         "rng_per_rank": rng,
     }
     save_atomically(checkpoint, path)
+
+
+class RunDirectoryTaken(ValueError):
+    """A new run was pointed at a folder that already holds another run's checkpoint or metrics."""
+
+
+def check_out_dir(config: TrainConfig, resume: bool) -> None:
+    """Refuse to start a new run over an earlier one: its log, curves and hours would mix with the new run's."""
+    out_dir = Path(config.out_dir)
+    earlier = [
+        name
+        for name in ("checkpoint.pt", "metrics.jsonl")
+        if (out_dir / name).is_file() and (out_dir / name).stat().st_size
+    ]
+    if earlier and not resume:
+        raise RunDirectoryTaken(
+            f"{out_dir} already holds a run ({', '.join(earlier)}): continue it with --resume, "
+            "or give the new run a folder of its own with --out-dir"
+        )
 
 
 def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
@@ -417,6 +447,7 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
 def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distributed, log) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
+    check_out_dir(config, resume)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "metrics.jsonl"
@@ -443,6 +474,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     resuming = resume and checkpoint_path.is_file()
     if resume and not resuming:
         log(f"--resume: no checkpoint at {checkpoint_path}, starting a new run")
+        if ranks.leader:
+            forget_after(log_path, 0)  # what a run that died before its first checkpoint logged
     if config.init_from and not resuming:
         warm_start(model, config)
     model = model.to(device).to(memory_format=memory_format_for(device)).train()
@@ -450,7 +483,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     loss_fn = LOSSES[config.loss]
 
-    step, best = 0, -1.0
+    # Tells a re-export of this run from a later run in the same folder (cards add up the training behind them).
+    step, best, run_id = 0, -1.0, uuid.uuid4().hex[:12]
     if resuming:
         # load_state_dict moves weights and optimiser state onto the model's device itself.
         checkpoint = load_checkpoint(checkpoint_path)
@@ -465,6 +499,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         step, best = checkpoint["step"], checkpoint.get("best_selection", -1.0)
+        run_id = checkpoint.get("run_id") or run_id
         set_rng_state(checkpoint.get("rng_per_rank", [checkpoint["rng"]])[ranks.rank])
         if ranks.leader:
             forget_after(log_path, step)
@@ -493,7 +528,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     def checkpoint_now() -> None:
         states = ranks.gather(rng_state())  # every rank takes part; rank 0 writes
         if ranks.leader:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best, states)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best, states, run_id=run_id)
 
     report: dict = {}
     checkpoint_seconds = config.checkpoint_minutes * 60
@@ -553,7 +588,12 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                     plot_curves(log_path, out_dir / "curves.png")
                     if report["all"]["selection"] > best:
                         best = report["all"]["selection"]
-                        best_state = {"config": config.to_dict(), "model": model.state_dict(), "step": step}
+                        best_state = {
+                            "run_id": run_id,
+                            "config": config.to_dict(),
+                            "model": model.state_dict(),
+                            "step": step,
+                        }
                         save_atomically({**best_state, "metrics": report}, out_dir / "best.pt")
                 checkpoint_now()
                 ranks.barrier()
@@ -585,6 +625,10 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         data=args.data,
     )
+    try:
+        check_out_dir(config, args.resume)
+    except RunDirectoryTaken as error:
+        parser.error(str(error))
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     # Appended, not overwritten: a resume (perhaps with new --steps) adds a line below the command that started
     # the run, and export puts the whole history in the weights card.
