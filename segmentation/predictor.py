@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from segmentation.cpu import cpu_supports_bf16
+from segmentation.models import fold_batch_norms
 from segmentation.refine import apply_in_bands, guided_filter_coefficients, restrict_to_band, sharpen
 from segmentation.weights_io import WEIGHTS_DIR, ModelCard, load_model
 
@@ -62,7 +63,7 @@ class Predictor:
     def from_weights(cls, name: str, weights_dir: Path | None = None, *, fast: bool | None = None) -> Predictor:
         """Load the shipped (or given) weights of a network into a predictor."""
         model, card = load_model(name, weights_dir or WEIGHTS_DIR)
-        return cls(model, card, fast=fast)
+        return cls(fold_batch_norms(model), card, fast=fast)
 
     def network_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) the photo is resized to: long side at the card's size, aspect kept."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from segmentation.models import MODEL_NAMES, DeepLabV3ResNet18, UNet, create_model
+from segmentation.models import MODEL_NAMES, DeepLabV3ResNet18, UNet, create_model, fold_batch_norms
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,26 @@ def test_output_stride_is_checked() -> None:
         create_model("deeplab", output_stride=8)
     with pytest.raises(ValueError, match="deeplab"):
         create_model("unet", output_stride=32)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_folding_batch_norms_keeps_the_outputs_and_leaves_no_norm(name: str) -> None:
+    """Every BatchNorm (with non-trivial statistics) folds into its conv; logits match at odd sizes."""
+    torch.manual_seed(1)
+    model = create_model(name)
+    for norm in (module for module in model.modules() if isinstance(module, nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    inputs = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        expected = model(inputs)
+        folded = fold_batch_norms(copy.deepcopy(model))
+        actual = folded(inputs)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
+    assert sum(isinstance(module, nn.BatchNorm2d) for module in model.modules()) > 10  # the original is untouched
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(create_model(name).train())
