@@ -487,6 +487,8 @@ class InferenceEngine:
         if self._queue is None:
             self._closed = True
             return
+        # The event was set every time the engine went idle before: only what is outstanding now counts.
+        self._drained.clear()
         self._notify_if_drained()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)

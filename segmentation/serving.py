@@ -564,6 +564,8 @@ class RayServeEngine:
         if self._drained is None:
             self._closed = True
             return
+        # The event was set every time the client went idle before: only what is outstanding now counts.
+        self._drained.clear()
         self._notify_if_drained()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)

@@ -427,3 +427,18 @@ async def test_a_caller_knows_its_place_as_the_line_moves(make_engine) -> None:
     await running
     await waits[1]
     assert places[1].ahead() == 0  # done
+
+
+async def test_close_waits_for_accepted_work_after_the_engine_was_idle_once(make_engine) -> None:
+    """An engine that already finished a photo still lets the one in flight at close() finish."""
+    engine, net = make_engine(open_gate=True)
+    await asyncio.wait_for(engine.submit(photo(seed=0)), PATIENCE)  # idle once: nothing outstanding
+    net.gate.clear()
+    running = asyncio.create_task(engine.submit(photo(seed=1)))
+    await eventually(lambda: engine.in_flight == 1)
+    closing = asyncio.create_task(engine.close(timeout=PATIENCE))
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # still waiting for the photo in flight
+    net.gate.set()
+    await asyncio.wait_for(closing, PATIENCE)
+    assert isinstance(await asyncio.wait_for(running, PATIENCE), RemovalResult)
