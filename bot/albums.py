@@ -139,12 +139,19 @@ async def _send_album(first: Message, t: Texts, photos: list[AlbumPhoto], outcom
         if done.result is not None
     ]
     bot = first.get_bot()
-    if len(results) >= 2:
-        media = [InputMediaDocument(png, filename=name, caption=caption) for png, name, caption in results]
-        await bot.send_media_group(first.chat_id, media=media)
-    elif results:  # an album of one is a plain document
-        png, name, caption = results[0]
-        await bot.send_document(first.chat_id, document=png, filename=name, caption=caption)
+    try:
+        if len(results) >= 2:
+            media = [InputMediaDocument(png, filename=name, caption=caption) for png, name, caption in results]
+            await bot.send_media_group(first.chat_id, media=media)
+        elif results:  # an album of one is a plain document
+            png, name, caption = results[0]
+            await bot.send_document(first.chat_id, document=png, filename=name, caption=caption)
+    except BaseException:
+        # Not delivered: the statistics must not count these photos as results.
+        for index, done in enumerate(outcomes):
+            if done.result is not None:
+                outcomes[index] = PhotoOutcome(Outcome.ERROR)
+        raise
     failures = [
         t.album_failure(index, total, done.failure)
         for index, done in enumerate(outcomes, start=1)

@@ -263,6 +263,9 @@ def add_handlers(application: Application, admin_ids: frozenset[int] = frozenset
             ),
             MessageHandler(messages & filters.COMMAND, handlers.unknown_command),
             MessageHandler(messages & filters.TEXT & ~filters.COMMAND, handlers.text_message),
+            # Anything else a user can send (a location, a contact, a poll, a dice...) gets the same short answer
+            # as a video; service messages (members joining, a pinned message) are not the user's input.
+            MessageHandler(messages & ~filters.StatusUpdate.ALL, handlers.other_media_message),
         ]
     )
     application.add_error_handler(handlers.error_handler)

@@ -290,10 +290,11 @@ async def process_image(
         with svc.pending_slot(user_id):
             async with place, chat_action(message):
                 done, status = await run_admitted(svc, t, attachment, place, model, look, message)
-                outcome = done.outcome
                 if done.result is None:
+                    outcome = done.outcome
                     await answer(message, done.failure, status)
                     return
+                # Still Outcome.ERROR: the result counts as delivered only once send_result returns.
                 await drop(status)
                 seconds = time.monotonic() - started  # what the user waited for: download, queue and processing
                 outcome = await send_result(svc, t, message.get_bot(), chat_id, done, model, look, filename, seconds)

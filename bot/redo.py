@@ -7,6 +7,7 @@ inference worker); Other model queues the cached photo like a new one. Every tap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -117,8 +118,12 @@ async def _act(
             await _other_model(svc, t, context, chat_id, user_id, action.look, photo)
     except EngineClosedError:
         await bot.send_message(chat_id, t.RESTARTING)
-    except TelegramError:
-        raise  # the error handler logs it; the tap itself was answered already
+    except TelegramError as error:
+        # The tap was answered already, so the error handler's answer would be refused and the user would hear
+        # nothing: log it and say so in the chat (best-effort: Telegram itself may be what failed).
+        logger.warning("a result button's answer could not be sent (%s): %s", action.verb, error)
+        with contextlib.suppress(TelegramError):
+            await bot.send_message(chat_id, t.GENERIC_ERROR)
     except Exception:
         # Our fault, not the user's: log it, apologise, no details.
         logger.exception("a result button failed (%s)", action.verb)
@@ -153,10 +158,11 @@ async def _other_model(
         with svc.pending_slot(user_id):
             async with place:
                 done, _ = await run_admitted(svc, t, photo.data, place, model, look)
-                outcome = done.outcome
                 if done.result is None:
+                    outcome = done.outcome
                     await bot.send_message(chat_id, done.failure)
                     return
+                # Still Outcome.ERROR: the result counts as delivered only once send_result returns.
                 seconds = time.monotonic() - started
                 outcome = await send_result(
                     svc, t, bot, chat_id, done, model, look, photo.filename, seconds, photo_id=photo.photo_id

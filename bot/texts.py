@@ -239,6 +239,18 @@ _KINDS_RU = {
     "a text document": "текстовый документ",
 }
 
+# The decoder's reasons (segmentation.decoding, English) that a bot user can meet, in Russian.
+_REASONS_RU = {
+    "the file is empty": "файл пустой",
+    "this file is not an image format I can read (JPEG, PNG, WEBP, ...)": (
+        "это не тот формат картинок, который я умею читать (JPEG, PNG, WEBP, ...)"
+    ),
+    "the image is corrupt or truncated and cannot be decoded": "картинка повреждена или обрезана",
+    "the image holds invalid values (NaN or infinity) and cannot be shown": (
+        "в картинке недопустимые значения (NaN или бесконечность)"
+    ),
+}
+
 COMMANDS = ("start", "help", "bg", "crop", "model", "lang")
 
 
@@ -307,6 +319,8 @@ class Texts:
 
     def unreadable_image(self, reason: str) -> str:
         """The answer to a file the decoder refused; reason comes from the segmentation package and is user-safe."""
+        if self.language == "ru":
+            reason = _REASONS_RU.get(reason, reason)
         return self._t("UNREADABLE", reason=reason)
 
     def too_many_pixels(self, pixels: int | None, limit: int) -> str:

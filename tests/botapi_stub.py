@@ -90,6 +90,7 @@ class BotApiStub:
         self.messages: dict[tuple[int, int], SentMessage] = {}
         self.errors: list[str] = []  # requests the stub could not understand: a test should fail on any
         self.file_server_down = False  # when set, file downloads answer 502 Bad Gateway
+        self.failing_methods: set[str] = set()  # Bot API methods that answer 502 Bad Gateway while listed
         self.languages: dict[int, str] = {}  # a user's Telegram language_code (default "en")
         self._media_groups = itertools.count(1)
         self._holding: list[tuple[str, dict[str, Any]]] | None = None
@@ -255,6 +256,10 @@ class BotApiStub:
         self._push("message", self._message(chat_id, user_id, document=document))
         return file_id
 
+    def push_message(self, chat_id: int, user_id: int | None = None, **content: Any) -> int:
+        """A message of any other kind, e.g. location={...}, contact={...} or dice={...} as the Bot API has it."""
+        return self._push("message", self._message(chat_id, user_id, **content))
+
     def push_video(self, chat_id: int, user_id: int | None = None) -> int:
         """A video message (not a document)."""
         file_id = self.add_file(b"\x00" * 64, "videos")
@@ -364,6 +369,8 @@ class BotApiStub:
             self.calls.append(ApiCall(method, params, files))
         if method == "getUpdates":
             return self._ok(self._get_updates(params))
+        if method in self.failing_methods:
+            return self._error(502, "Bad Gateway")
         with self._cond:
             return self._handle_locked(method, params, files)
 

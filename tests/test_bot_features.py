@@ -3,6 +3,7 @@ and their cache, stickers, albums, and the place in line that moves. The network
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ from botapi_stub import BotApiStub, SentMessage
 from PIL import Image
 
 from bot import looks, redo, texts
-from segmentation.effects import Look
+from segmentation.effects import WHITE, Look
 
 SECRET_PART = TOKEN.partition(":")[2]
 RU = texts.for_language("ru")
@@ -459,3 +460,55 @@ async def test_other_model_counts_against_the_users_pending_limit(botapi: BotApi
         await botapi.wait_for(lambda: not pending, 20, "the slot to come back")
     assert calls.count == 2  # the refused tap ran no network
     assert_friendly(botapi, 431)
+
+
+# ---------------------------------------------------------------- delivery failures and other messages
+
+
+async def test_a_failed_upload_after_a_tap_is_told_in_the_chat(botapi: BotApiStub, tmp_path: Path) -> None:
+    """The tap was answered already, so the apology goes to the chat (the error handler's answer would be refused)."""
+    settings = make_settings(tmp_path, botapi)
+    chat = 901
+    async with running_bot(settings, boxed_engine(settings)):
+        botapi.push_photo(chat, tiny_photo(), (96, 64))
+        result = (await botapi.wait_for(lambda: botapi.documents(chat), 30, "a result"))[0]
+        white = next(
+            button["callback_data"]
+            for row in result.reply_markup["inline_keyboard"]
+            for button in row
+            if looks.parse_result_data(button["callback_data"]).look == Look(WHITE, False)
+        )
+        botapi.failing_methods.add("sendDocument")
+        botapi.push_callback(chat, white, result.message_id)
+        await botapi.wait_for(lambda: texts.GENERIC_ERROR in botapi.texts(chat), 20, "an apology in the chat")
+
+
+async def test_a_result_that_could_not_be_uploaded_counts_as_an_error(botapi: BotApiStub, tmp_path: Path) -> None:
+    """/stats counts a result as delivered only once Telegram took it."""
+    botapi.failing_methods.add("sendDocument")
+    settings = make_settings(tmp_path, botapi)
+    async with running_bot(settings, boxed_engine(settings)) as application:
+        botapi.push_photo(902, tiny_photo(), (96, 64))
+        await botapi.wait_for(lambda: texts.GENERIC_ERROR in botapi.texts(902), 30, "the apology")
+        store = application.bot_data["services"].store
+        for _ in range(250):
+            if (stats := await store.stats()).total:
+                break
+            await asyncio.sleep(0.02)
+        assert stats.outcomes == {"error": 1}, stats.outcomes
+
+
+async def test_a_location_a_contact_and_a_dice_are_answered(botapi: BotApiStub, tmp_path: Path) -> None:
+    """Messages the bot has no use for get the still-images answer, not silence."""
+    settings = make_settings(tmp_path, botapi)
+    contents = [
+        {"location": {"latitude": 55.75, "longitude": 37.62}},
+        {"contact": {"phone_number": "+10000000000", "first_name": "A"}},
+        {"dice": {"emoji": "🎲", "value": 3}},
+    ]
+    async with running_bot(settings, boxed_engine(settings)):
+        for chat, content in enumerate(contents, start=921):
+            botapi.push_message(chat, **content)
+        for chat in range(921, 921 + len(contents)):
+            await botapi.wait_for(lambda chat=chat: botapi.texts(chat), 20, f"an answer in chat {chat}")
+            assert botapi.texts(chat) == [texts.OTHER_MEDIA]

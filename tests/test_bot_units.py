@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from bot import looks, texts
@@ -16,6 +18,7 @@ from bot.looks import parse_background
 from bot.matte_cache import CachedPhoto, MatteCache
 from bot.naming import result_filename
 from bot.triage import classify_document
+from segmentation.decoding import UnsupportedImageError, decode_image
 from segmentation.effects import Look
 
 
@@ -316,3 +319,25 @@ def test_matte_cache_evicts_by_count_bytes_and_age() -> None:
     now[0] = 61.0
     assert cache.get(big) is None and len(cache) == 0 and cache.nbytes == 0  # expired
     assert cache.evicted == 5
+
+
+def _nan_tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32), mode="F").save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, "PNG")
+    return buffer.getvalue()[:-40]
+
+
+@pytest.mark.parametrize("data", [b"", b"%PDF-1.4 not a picture", _truncated_png(), _nan_tiff()])
+def test_unreadable_reasons_are_translated(data: bytes) -> None:
+    with pytest.raises(UnsupportedImageError) as caught:
+        decode_image(data)
+    reason = str(caught.value)
+    russian = texts.for_language("ru").unreadable_image(reason)
+    assert reason not in russian, russian
+    assert reason in texts.ENGLISH.unreadable_image(reason)
