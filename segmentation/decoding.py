@@ -61,6 +61,22 @@ class ImageTooLargeError(InputImageError):
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparent areas become white, 16-bit greys are rescaled."""
+    return _without_foreign_profile(_convert_to_rgb(image))
+
+
+def _without_foreign_profile(image: Image.Image) -> Image.Image:
+    """Drop a colour profile that does not describe RGB (a CMYK or grey one survives convert()).
+
+    The PNG encoder writes info["icc_profile"] into the result, and an RGB image tagged with a CMYK
+    profile shows wrong colours or none; an RGB profile (sRGB, Display P3) stays and keeps colours true.
+    """
+    profile = image.info.get("icc_profile")
+    if profile and profile[16:20] != b"RGB ":  # bytes 16-19 of an ICC header: the data colour space
+        del image.info["icc_profile"]
+    return image
+
+
+def _convert_to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0

@@ -418,3 +418,33 @@ def test_float_tiff_with_nan_or_infinity_is_refused_clearly(bad: float) -> None:
         warnings.simplefilter("error")  # no numpy RuntimeWarning on the way either
         with pytest.raises(UnsupportedImageError, match="invalid values"):
             decode_image(data)
+
+
+def _icc_header(colour_space: bytes) -> bytes:
+    """The 128-byte header of an ICC profile declaring a data colour space (enough for the check)."""
+    header = bytearray(128)
+    header[16:20] = colour_space
+    header[36:40] = b"acsp"
+    return bytes(header)
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "profile", "kept"),
+    [
+        ("CMYK", (0, 255, 0, 0), _icc_header(b"CMYK"), False),
+        ("L", (90,), _icc_header(b"GRAY"), False),
+        ("RGB", (200, 30, 30), _icc_header(b"RGB "), True),
+    ],
+    ids=["cmyk-profile-dropped", "grey-profile-dropped", "rgb-profile-kept"],
+)
+def test_only_an_rgb_colour_profile_reaches_the_cutout(
+    mode: str, colour: tuple[int, ...], profile: bytes, kept: bool
+) -> None:
+    """A CMYK or grey profile on the RGB result would make viewers show wrong colours; an RGB one keeps them true."""
+    from segmentation.rendering import compose_png
+
+    image = decode_image(encode(Image.new(mode, SIZE, colour), "JPEG", quality=95, icc_profile=profile))
+    assert image.mode == "RGB"
+    png = Image.open(io.BytesIO(compose_png(image, np.ones(SIZE[::-1], np.float32))))
+    assert (png.info.get("icc_profile") == profile) is kept
+    assert ("icc_profile" in png.info) is kept
