@@ -124,8 +124,13 @@ def _upright(image: Image.Image) -> Image.Image:
     ImageOps.exif_transpose re-serialises the whole EXIF block, which raises struct.error or TypeError on
     damaged tags; only the orientation matters here, so it is read and applied directly.
     """
-    method = _UPRIGHT.get(_orientation(image))
+    method = upright_transpose(image)
     return image.transpose(method) if method is not None else image
+
+
+def upright_transpose(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that makes a photo upright by its EXIF orientation (None: already upright or unknown)."""
+    return _UPRIGHT.get(_orientation(image))
 
 
 @dataclass(frozen=True)

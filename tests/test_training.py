@@ -28,7 +28,7 @@ from training.augment import MEAN_RGB, build_augment
 from training.checkpoints import load_checkpoint
 from training.composite import Compositor, cut_out
 from training.config import TrainConfig
-from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for
+from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for, read_mask
 from training.evaluate import evaluate, format_table
 from training.evaluate import main as evaluate_main
 from training.export import ExportError, dataset_entry, export
@@ -508,6 +508,60 @@ def test_size_mismatch_is_named(people: Path, tmp_path: Path) -> None:
         load_pair(find_pairs(root, "val")[0])
 
 
+def _mask_files(person: np.ndarray) -> dict[str, Image.Image]:
+    """One person mask written the ways data sets write masks."""
+    palette = Image.fromarray(person.astype(np.uint8), mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 254)  # VOC-style dark red: grey level 38
+    return {
+        "grey-0-255": Image.fromarray(person.astype(np.uint8) * 255),
+        "grey-0-1": Image.fromarray(person.astype(np.uint8)),
+        "16-bit-0-1": Image.fromarray(person.astype(np.uint16)),
+        "16-bit-0-65535": Image.fromarray(person.astype(np.uint16) * 65535),
+        "one-bit": Image.fromarray(person),
+        "palette-dark-red": palette,
+        "rgb-red": Image.fromarray(np.stack([person * 200, person * 0, person * 0], axis=2).astype(np.uint8)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_mask_files(np.zeros((1, 1), bool))))
+def test_masks_read_the_same_whatever_their_mode(people: Path, tmp_path: Path, kind: str) -> None:
+    """0/1 masks, 16-bit masks and palette colours are people, not an empty mask below a grey threshold of 128."""
+    root = _copy_dataset(people, tmp_path)
+    pair = find_pairs(root, "val")[0]
+    truth = np.asarray(Image.open(pair.mask)) >= 128
+    assert 0 < truth.mean() < 1
+    _mask_files(truth)[kind].save(pair.mask)
+    np.testing.assert_array_equal(load_pair(pair)[1], truth)
+    np.testing.assert_array_equal(read_mask(pair), truth)
+
+
+@pytest.mark.parametrize("drawn_upright", [False, True], ids=["mask-on-stored-pixels", "mask-on-upright-photo"])
+def test_a_turned_photo_and_its_mask_come_out_upright_and_aligned(tmp_path: Path, drawn_upright: bool) -> None:
+    """Training and evaluation see a photo as decode_image (the service) does: upright, with its mask turned too."""
+    from segmentation.decoding import decode_image
+
+    stored = np.zeros((24, 40), dtype=bool)
+    stored[:8, :8] = True  # a person in the stored top-left corner
+    photo = Image.fromarray(np.where(stored[..., None], 230, 20).repeat(3, axis=2).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: the corner moves to the top right
+    root = tmp_path / "turned"
+    for folder in ("images", "masks", "segmentation"):
+        (root / folder).mkdir(parents=True)
+    photo.save(root / "images" / "a.jpg", quality=95, exif=exif.tobytes())
+    mask = Image.fromarray(stored.astype(np.uint8) * 255)
+    (mask.transpose(Image.Transpose.ROTATE_270) if drawn_upright else mask).save(root / "masks" / "a.png")
+    (root / "segmentation" / "val.txt").write_text("a\n")
+    pair = find_pairs(root, "val")[0]
+
+    image, truth = load_pair(pair)
+    upright = np.asarray(decode_image(pair.image))
+    assert image.shape == upright.shape == (40, 24, 3)
+    assert truth[:8, -8:].all() and truth.sum() == 64
+    np.testing.assert_array_equal(truth.astype(bool), upright.mean(axis=2) > 128)
+    np.testing.assert_array_equal(read_mask(pair), truth.astype(bool))
+
+
 def test_empty_split_list_is_named(people: Path, tmp_path: Path) -> None:
     root = _copy_dataset(people, tmp_path)
     (root / "segmentation" / "val.txt").write_text("\n \n")
@@ -817,6 +871,15 @@ def test_evaluate_reports_a_set_with_nobody_apart(people: Path, tmp_path: Path) 
     assert "no-people" in format_table(report)
 
 
+def test_evaluate_command_on_a_set_with_nobody_alone(tmp_path: Path, capsys) -> None:
+    """Scoring only photos with nobody (no people total to print) still prints the table and writes the JSON."""
+    nobody = make_empty_dataset(tmp_path / "no-people", val=2)
+    report = evaluate_main(["--model", "unet", "--data", str(nobody), "--json", str(tmp_path / "report.json")])
+    assert list(report) == ["no-people"] and 0.0 <= report["no-people"]["kept"] <= 1.0
+    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["no-people"]["images"] == 2
+    assert "2 images in" in capsys.readouterr().out
+
+
 def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:
     from training.evaluate import outline, veil
 
@@ -840,7 +903,7 @@ def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:
 def test_evaluate_names_a_photo_whose_mask_does_not_fit(people: Path, tmp_path: Path) -> None:
     root = _copy_dataset(people, tmp_path)
     Image.new("L", (64, 48)).save(root / "masks" / "0007.png")
-    with pytest.raises(DatasetError, match=r"images/0007\.jpg decodes to 48x64.*masks/0007\.png is 64x48"):
+    with pytest.raises(DatasetError, match=r"images/0007\.jpg is 48x64.*masks/0007\.png is 64x48"):
         evaluate(ListedMattes([np.zeros((64, 48), dtype=bool)] * 2), [root])
 
 

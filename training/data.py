@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segmentation.decoding import upright_transpose
+
 
 class DatasetError(ValueError):
     """A dataset on disk is incomplete or inconsistent; the message names the file."""
@@ -67,14 +69,62 @@ def find_pairs(root: str | Path, split: str) -> list[PairPath]:
     raise DatasetError(f"{root} is neither a people_segmentation nor a Carvana dataset folder")
 
 
+def mask_image(path: Path) -> Image.Image:
+    """A mask file as an L image of 0 and 255, whatever its mode.
+
+    Person: a palette index other than 0 (palette colours such as VOC's dark red are not grey levels), any
+    colour channel at half scale or more, or 1 in a mask of 0s and 1s (8- or 16-bit).
+    """
+    with Image.open(path) as mask:
+        if mask.mode == "P":
+            person = np.asarray(mask) != 0
+        else:
+            rgb = mask.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+            values = np.asarray(mask.convert("RGB")).max(axis=2) if rgb else np.asarray(mask.convert("L"))
+            person = values == 1 if values.max() == 1 else values >= 128
+    return Image.fromarray(person.astype(np.uint8) * 255)
+
+
+def _upright_mask(
+    mask: Image.Image, stored_size: tuple[int, int], turn: Image.Transpose | None, pair: PairPath
+) -> Image.Image:
+    """Turn a mask drawn on the photo's stored pixels as the photo's EXIF orientation turns the photo.
+
+    A mask already drawn on the upright photo (its size is the turned size, not the stored one) is kept.
+    """
+    upright_size = stored_size[::-1] if turn in _QUARTER_TURNS else stored_size
+    if mask.size == stored_size and turn is not None:
+        return mask.transpose(turn)
+    if mask.size == upright_size:
+        return mask
+    raise DatasetError(
+        f"size mismatch: {pair.image} is {stored_size[0]}x{stored_size[1]}, {pair.mask} is {mask.width}x{mask.height}"
+    )
+
+
+_QUARTER_TURNS = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
+
+
+def read_mask(pair: PairPath) -> np.ndarray:
+    """The true mask of a pair as HxW bool, upright as decode_image makes its photo."""
+    with Image.open(pair.image) as photo:  # the header only: size and EXIF orientation
+        stored_size, turn = photo.size, upright_transpose(photo)
+    return np.asarray(_upright_mask(mask_image(pair.mask), stored_size, turn, pair)) >= 128
+
+
 def load_pair(pair: PairPath, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a photo (RGB uint8) and its mask (uint8, 0 or 1), optionally shrunk to max_side."""
+    """Decode a photo (RGB uint8, upright) and its mask (uint8, 0 or 1), optionally shrunk to max_side."""
     with Image.open(pair.image) as image_file:
+        stored_size, turn = image_file.size, upright_transpose(image_file)
         image = image_file.convert("RGB")
-    with Image.open(pair.mask) as mask_file:
-        mask = mask_file.convert("L")
-    if image.size != mask.size:
-        raise DatasetError(f"size mismatch: {pair.image} is {image.size}, {pair.mask} is {mask.size}")
+    if turn is not None:  # as the service's decode_image does, so training sees photos the way users do
+        image = image.transpose(turn)
+    mask = _upright_mask(mask_image(pair.mask), stored_size, turn, pair)
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

@@ -25,7 +25,7 @@ from segmentation.decoding import decode_image
 from segmentation.models import MODEL_NAMES
 from segmentation.pipeline import MIN_PERSON_FRACTION
 from segmentation.predictor import Predictor
-from training.data import DatasetError, PairPath, pairs_for
+from training.data import DatasetError, PairPath, pairs_for, read_mask
 from training.metrics import MaskScores, mean_scores, score_masks
 
 ALL = "all"  # the key of the scores over every photo of every set with people
@@ -50,12 +50,6 @@ class PhotoScores:
     veil: float
     person_found: bool  # what the service would report: a person covers at least MIN_PERSON_FRACTION
     has_person: bool  # what the true mask says
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A true mask as HxW bool: any mode through greyscale, person where the value is at least 128."""
-    with Image.open(path) as mask:
-        return np.asarray(mask.convert("L")) >= 128
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -85,13 +79,7 @@ def veil(alpha: np.ndarray, truth: np.ndarray, band: float = VEIL_BAND) -> float
 def score_photo(predictor: MattePredictor, pair: PairPath) -> PhotoScores:
     """Decode one photo as the service does, predict its matte, and score it against the true mask."""
     image = decode_image(pair.image)
-    truth = read_mask(pair.mask)
-    if truth.shape != (image.height, image.width):
-        # decode_image applies EXIF orientation, which a mask drawn on the stored pixels would not follow.
-        raise DatasetError(
-            f"size mismatch: {pair.image} decodes to {image.width}x{image.height}, "
-            f"{pair.mask} is {truth.shape[1]}x{truth.shape[0]}"
-        )
+    truth = read_mask(pair)  # turned upright with the photo, as decode_image turns it
     alpha = np.asarray(predictor.predict_alpha(image), dtype=np.float32)
     predicted = alpha >= predictor.threshold
     return PhotoScores(
@@ -228,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     report = evaluate(predictor, args.data, args.split, args.limit, progress=progress)
     seconds = time.perf_counter() - started
     print(format_table(report))
-    print(f"{report[ALL]['images']} images in {seconds:.1f} s ({seconds / report[ALL]['images']:.3f} s per image)")
+    images = sum(row["images"] for name, row in report.items() if name != ALL)  # "all" holds only people sets
+    print(f"{images} images in {seconds:.1f} s ({seconds / images:.3f} s per image)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
