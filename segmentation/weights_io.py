@@ -69,6 +69,11 @@ def save_weights(model: nn.Module, card: ModelCard, directory: Path = WEIGHTS_DI
         key: (value.half() if value.is_floating_point() else value).contiguous()
         for key, value in model.state_dict().items()
     }
+    # float16 tops out at 65,504: a BatchNorm variance beyond it would become infinity and, folded into its
+    # convolution, silence that channel with no error anywhere. Refuse instead.
+    overflowed = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if overflowed:
+        raise WeightsError(f"not representable in float16 (beyond 65,504 or not finite): {', '.join(overflowed)}")
     card.parameters = sum(p.numel() for p in model.parameters())
     save_file(state, str(tensors_path), metadata={"architecture": card.architecture, "format": "pt"})
     tensors_path.chmod(0o644)  # safetensors writes 0600; shipped weights must be readable by the service user

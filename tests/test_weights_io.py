@@ -22,6 +22,17 @@ def _copy(source_dir: Path, target_dir: Path, *files: str) -> Path:
     return target_dir
 
 
+def test_a_statistic_float16_cannot_hold_is_refused_not_saved_as_infinity(tmp_path: Path) -> None:
+    """A BatchNorm variance over 65,504 would be inf in float16 and, folded, silence its channel."""
+    model = create_model("unet")
+    with torch.no_grad():
+        model.state_dict()["encoders.0.1.running_var"][3] = 70_000.0
+    card = ModelCard(architecture="unet", inference_size=96)
+    with pytest.raises(WeightsError, match=r"not representable in float16.*encoders\.0\.1\.running_var"):
+        save_weights(model, card, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
 def test_save_then_load_round_trips_in_float16(tmp_path: Path) -> None:
     """The file holds float16 tensors; the loaded network computes what the original did, within fp16 error."""
     torch.manual_seed(0)

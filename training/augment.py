@@ -157,7 +157,7 @@ class TrainAugment:
         """A crop of the photo's background that holds no person, or a synthetic texture; an empty mask."""
         height, width = image.shape[-2:]
         for _ in range(25):
-            side = max(16, round(min(height, width) * random.uniform(0.2, 0.7)))
+            side = min(height, width, max(16, round(min(height, width) * random.uniform(0.2, 0.7))))
             top, left = random.randint(0, height - side), random.randint(0, width - side)
             if not mask[:, top : top + side, left : left + side].any():
                 crop = image[:, top : top + side, left : left + side]

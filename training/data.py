@@ -59,13 +59,16 @@ def carvana_pairs(root: str | Path) -> list[PairPath]:
 
 
 def find_pairs(root: str | Path, split: str) -> list[PairPath]:
-    """List the pairs under root, recognising the layout; Carvana has no val list, so it splits 1 in 10."""
+    """List the pairs under root, recognising the layout; Carvana has no val list: a tenth of its cars validate."""
     root = Path(root)
     if (root / "segmentation").is_dir():
         return people_segmentation_pairs(root, split)
     if (root / "train_masks").is_dir():
         pairs = carvana_pairs(root)
-        return [p for i, p in enumerate(pairs) if (i % 10 == 9) == (split == "val")]
+        # Split by car, not by photo: each car has 16 views, and a car on both sides would inflate val.
+        cars = sorted({pair.image.stem.split("_")[0] for pair in pairs})
+        val_cars = set(cars[len(cars) - max(1, len(cars) // 10) :])
+        return [pair for pair in pairs if (pair.image.stem.split("_")[0] in val_cars) == (split == "val")]
     raise DatasetError(f"{root} is neither a people_segmentation nor a Carvana dataset folder")
 
 

@@ -159,7 +159,9 @@ def cumulative_training(config: TrainConfig, samples: int, hours: float | None, 
 def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     """The card of a checkpoint: architecture, input, normalisation, data, command and training facts."""
     config = TrainConfig.from_dict(checkpoint["config"])
-    samples = checkpoint["step"] * config.batch_size
+    # Under torchrun a step takes a batch on each process (best.pt says how many; a checkpoint has their RNGs).
+    processes = checkpoint.get("processes") or len(checkpoint.get("rng_per_rank") or [None])
+    samples = checkpoint["step"] * config.batch_size * processes
     run_id = checkpoint.get("run_id", "")
     training: dict[str, Any] = {
         **({"run_id": run_id} if run_id else {}),
@@ -176,7 +178,7 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     if len(commands) > 1:
         training["commands"] = commands
     if "metrics" in checkpoint:
-        # training.train's own quick check (plain resize, no edge refinement), kept apart from card.metrics.
+        # training.train's quick check (val_limit photos a set, no flip or second pass), apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]
     training["cumulative"] = cumulative_training(config, samples, run_hours(checkpoint_path.parent), run_id)
     training["config"] = config.to_dict()

@@ -219,8 +219,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def validate(model: torch.nn.Module, data: InMemoryPairs, config: TrainConfig) -> dict:
     """Dice, IoU, pixel accuracy and share kept per set and over all, through the production predictor.
 
-    The predictor's own resize, padding, normalisation and edge refinement at the photo's resolution;
-    only the test-time flip a card may add is left out.
+    The predictor's own resize, padding, normalisation and edge refinement at the photo's resolution, at
+    threshold 0.5; the test-time flip and second pass a card may add are left out (they cost minutes here).
     """
     predictor = validation_predictor(model, config)
     by_source: dict[str, list] = {}
@@ -331,6 +331,22 @@ def save_checkpoint(
         "rng_per_rank": rng,
     }
     save_atomically(checkpoint, path)
+
+
+# Settings a resume may change without changing the run: its length, where it lives, how many threads.
+RESUMABLE_CHANGES = frozenset({"steps", "epochs", "out_dir", "threads", "init_from"})
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What a resumed run's config changes from its checkpoint's, beyond its length and place ("key: old -> new")."""
+    changes = [
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in current.items()
+        if key not in RESUMABLE_CHANGES and saved.get(key, value) != value
+    ]
+    if any(change.startswith("lr:") for change in changes):
+        changes.append("(the restored schedule keeps the checkpoint's peak lr; start a new run to change it)")
+    return changes
 
 
 class RunDirectoryTaken(ValueError):
@@ -500,6 +516,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         scheduler.load_state_dict(checkpoint["scheduler"])
         step, best = checkpoint["step"], checkpoint.get("best_selection", -1.0)
         run_id = checkpoint.get("run_id") or run_id
+        for change in config_changes(checkpoint["config"], config.to_dict()):
+            log(f"note: the config changed since the checkpoint: {change}")
         set_rng_state(checkpoint.get("rng_per_rank", [checkpoint["rng"]])[ranks.rank])
         if ranks.leader:
             forget_after(log_path, step)
@@ -593,6 +611,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                             "config": config.to_dict(),
                             "model": model.state_dict(),
                             "step": step,
+                            "processes": ranks.world,  # a step took a batch on each: export counts the samples
                         }
                         save_atomically({**best_state, "metrics": report}, out_dir / "best.pt")
                 checkpoint_now()
@@ -611,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", help="a TOML file in training/configs/")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--steps", type=int)
+    parser.add_argument("--steps", type=int, help="train this many steps (overrides the config's steps and epochs)")
     parser.add_argument("--out-dir")
     parser.add_argument("--init-from", help="warm start from shipped weights or a checkpoint")
     parser.add_argument("--threads", type=int)
@@ -620,6 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig.from_toml(
         args.config,
         steps=args.steps,
+        epochs=0.0 if args.steps is not None else None,  # --steps wins over a config's epochs
         out_dir=args.out_dir,
         init_from=args.init_from,
         threads=args.threads,
