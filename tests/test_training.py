@@ -29,7 +29,7 @@ from training.checkpoints import load_checkpoint
 from training.composite import Compositor, cut_out
 from training.config import TrainConfig
 from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for, read_mask
-from training.evaluate import evaluate, format_table
+from training.evaluate import evaluate, format_share_table, format_table
 from training.evaluate import main as evaluate_main
 from training.export import ExportError, build_card, dataset_entry, export
 from training.export import main as export_main
@@ -918,6 +918,29 @@ def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:
     assert veil(murky, truth) == 0.0
     nobody = np.zeros((100, 100), dtype=bool)
     assert veil(np.full((100, 100), 0.3, dtype=np.float32), nobody) == 1.0
+
+
+def test_evaluate_breaks_iou_down_by_the_people_share_of_the_frame(tmp_path: Path) -> None:
+    """Small and large people land in their own bins, so a mean cannot hide that the small ones are missed."""
+    root = make_empty_dataset(tmp_path / "people-sizes", val=3, size=(100, 100))
+    sizes = {"scene0": 5, "scene1": 40, "scene2": 80}  # squares: 0.25%, 16% and 64% of the frame
+    truths = []
+    for name, side in sizes.items():
+        truth = np.zeros((100, 100), dtype=bool)
+        truth[:side, :side] = True
+        Image.fromarray(truth.astype(np.uint8) * 255).save(root / "masks" / f"{name}.png")
+        truths.append(truth)
+    found_large = [np.zeros((100, 100)), truths[1].astype(np.float32), truths[2].astype(np.float32)]
+    report = evaluate(ListedMattes(found_large), [root])
+    bins = report["people-sizes"]["by_people_share"]
+    assert list(bins) == ["0-1%", "10-30%", "30-100%"]  # empty bins are left out
+    assert bins["0-1%"] == {"images": 1, "dice": 0.0, "iou": 0.0, "no_person_reported": 1.0}
+    assert bins["10-30%"]["iou"] == bins["30-100%"]["iou"] == 1.0
+    assert report["all"]["by_people_share"] == bins
+    assert report["people-sizes"]["iou"] == pytest.approx(2 / 3)  # the mean the breakdown explains
+    lines = format_share_table(report).splitlines()
+    assert lines[0].split()[-5:] == ["0-1%", "1-3%", "3-10%", "10-30%", "30-100%"]
+    assert lines[1].split() == ["people-sizes", "0.000", "(1)", "-", "-", "1.000", "(1)", "1.000", "(1)"]
 
 
 def test_evaluate_names_a_photo_whose_mask_does_not_fit(people: Path, tmp_path: Path) -> None:

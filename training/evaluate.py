@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,9 @@ from training.metrics import MaskScores, mean_scores, score_masks
 
 ALL = "all"  # the key of the scores over every photo of every set with people
 VEIL_BAND = 0.02  # semi-transparency farther than this share of the diagonal from an outline is a veil
+# Edges of the bins of the people's share of the frame (true mask) for the by-size breakdown: issue 7's
+# "people at any size", from a figure in the distance to a close-up. The last bin includes its edge.
+PEOPLE_SHARE_BINS = (0.0, 0.01, 0.03, 0.10, 0.30, 1.0)
 
 
 class MattePredictor(Protocol):
@@ -50,6 +54,7 @@ class PhotoScores:
     veil: float
     person_found: bool  # what the service would report: a person covers at least MIN_PERSON_FRACTION
     has_person: bool  # what the true mask says
+    people_share: float = 0.0  # the share of the frame the true mask covers
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -87,6 +92,7 @@ def score_photo(predictor: MattePredictor, pair: PairPath) -> PhotoScores:
         veil=veil(alpha, truth),
         person_found=bool(predicted.mean() >= MIN_PERSON_FRACTION),
         has_person=bool(truth.any()),
+        people_share=float(truth.mean()),
     )
 
 
@@ -97,6 +103,36 @@ def summarise(scores: list[PhotoScores]) -> dict[str, Any]:
         "veil": float(np.mean([score.veil for score in scores])),
         "no_person_reported": float(np.mean([not score.person_found for score in scores])),
     }
+
+
+def share_label(low: float, high: float) -> str:
+    """A bin's name in reports: "3-10%"."""
+    return f"{low * 100:g}-{high * 100:g}%"
+
+
+def by_people_share(scores: list[PhotoScores]) -> dict[str, dict[str, Any]]:
+    """Dice, IoU and the share reported as nobody per bin of the people's share of the frame (empty bins left out).
+
+    Where a set's mean hides its misses: an everyday scene whose only person fills 1% of the frame counts as
+    much in the mean as a close-up, and a network that sees only close-ups can look fair on average.
+    """
+    breakdown: dict[str, dict[str, Any]] = {}
+    edges = PEOPLE_SHARE_BINS
+    for low, high in pairwise(edges):
+        last = high == edges[-1]
+        chosen = [
+            score
+            for score in scores
+            if score.has_person and low <= score.people_share and (score.people_share < high or last)
+        ]
+        if chosen:
+            breakdown[share_label(low, high)] = {
+                "images": len(chosen),
+                "dice": float(np.mean([score.masks.dice for score in chosen])),
+                "iou": float(np.mean([score.masks.iou for score in chosen])),
+                "no_person_reported": float(np.mean([not score.person_found for score in chosen])),
+            }
+    return breakdown
 
 
 def evaluate(
@@ -137,10 +173,12 @@ def evaluate(
     report: dict[str, dict[str, Any]] = {}
     for source, scores in by_source.items():
         report[source] = {**summarise(scores), "people": source in with_people}
+        if source in with_people:
+            report[source]["by_people_share"] = by_people_share(scores)
     people = [score for source in by_source if source in with_people for score in by_source[source]]
     if people:
         # Over photos, not the mean of the set means: a set weighs as much as it has photos.
-        report[ALL] = {**summarise(people), "people": True}
+        report[ALL] = {**summarise(people), "people": True, "by_people_share": by_people_share(people)}
     return report
 
 
@@ -162,6 +200,23 @@ def format_table(report: dict[str, dict[str, Any]]) -> str:
             f"  {row['veil']:>6.4f}  {row['no_person_reported']:>9.3f}"
         )
         lines.append(f"{name:<{width}}  {row['images']:>6}  {scores}")
+    return "\n".join(lines)
+
+
+def format_share_table(report: dict[str, dict[str, Any]]) -> str:
+    """IoU per bin of the people's share of the frame, one row per set with people ("" if there is none)."""
+    names = [name for name, row in report.items() if row.get("by_people_share")]
+    if not names:
+        return ""
+    edges = PEOPLE_SHARE_BINS
+    labels = [share_label(low, high) for low, high in pairwise(edges)]
+    title = "IoU by people's share"
+    width = max(len(title), *(len(name) for name in names))
+    lines = [f"{title:<{width}}" + "".join(f"  {label:>12}" for label in labels)]
+    for name in names:
+        bins = report[name]["by_people_share"]
+        cells = [f"{bins[label]['iou']:.3f} ({bins[label]['images']})" if label in bins else "-" for label in labels]
+        lines.append(f"{name:<{width}}" + "".join(f"  {cell:>12}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -216,6 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     report = evaluate(predictor, args.data, args.split, args.limit, progress=progress)
     seconds = time.perf_counter() - started
     print(format_table(report))
+    if shares := format_share_table(report):
+        print(shares)
     images = sum(row["images"] for name, row in report.items() if name != ALL)  # "all" holds only people sets
     print(f"{images} images in {seconds:.1f} s ({seconds / images:.3f} s per image)")
     if args.json:

@@ -26,7 +26,7 @@ from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, Mo
 from training.checkpoints import load_checkpoint
 from training.config import TrainConfig
 from training.data import DatasetError, pairs_for
-from training.evaluate import evaluate, evaluation_command, format_table, positive_int
+from training.evaluate import evaluate, evaluation_command, format_share_table, format_table, positive_int
 
 # What we know of the data sets this project trains on, for when a folder's README is not at hand and
 # because terms of use are too important to scrape from free text.
@@ -250,6 +250,8 @@ def export(
             }
             card_path.write_text(card.to_json())
             log(format_table(card.metrics))
+            if shares := format_share_table(card.metrics):
+                log(shares)
         for path in (tensors_path, card_path):
             os.replace(path, out_dir / path.name)
             # safetensors writes its files owner-only (0600); shipped weights must be readable by the service.
