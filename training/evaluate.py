@@ -54,7 +54,7 @@ class PhotoScores:
     veil: float
     person_found: bool  # what the service would report: a person covers at least MIN_PERSON_FRACTION
     has_person: bool  # what the true mask says
-    people_share: float = 0.0  # the share of the frame the true mask covers
+    people_share: float  # the share of the frame the true mask covers
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def share_label(low: float, high: float) -> str:
 
 
 def by_people_share(scores: list[PhotoScores]) -> dict[str, dict[str, Any]]:
-    """Dice, IoU and the share reported as nobody per bin of the people's share of the frame (empty bins left out).
+    """summarise's figures per bin of the people's share of the frame (photos with people; empty bins left out).
 
     Where a set's mean hides its misses: an everyday scene whose only person fills 1% of the frame counts as
     much in the mean as a close-up, and a network that sees only close-ups can look fair on average.
@@ -126,12 +126,7 @@ def by_people_share(scores: list[PhotoScores]) -> dict[str, dict[str, Any]]:
             if score.has_person and low <= score.people_share and (score.people_share < high or last)
         ]
         if chosen:
-            breakdown[share_label(low, high)] = {
-                "images": len(chosen),
-                "dice": float(np.mean([score.masks.dice for score in chosen])),
-                "iou": float(np.mean([score.masks.iou for score in chosen])),
-                "no_person_reported": float(np.mean([not score.person_found for score in chosen])),
-            }
+            breakdown[share_label(low, high)] = summarise(chosen)
     return breakdown
 
 
