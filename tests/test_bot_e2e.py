@@ -360,7 +360,7 @@ async def test_a_photo_over_the_time_limit_gets_the_timeout_answer(botapi: BotAp
     assert botapi.documents(95) == []
 
 
-@needs_deeplab
+# No network runs here (the in-flight photo is held, the queued ones are answered), so no weights are needed.
 async def test_shutdown_in_the_middle_of_work(botapi: BotApiStub, tmp_path: Path) -> None:
     # A bound of 1 s leaves a quarter of it for the three "restarting" replies (at 0.2 s, 0.05 s was too
     # little on a busy machine: the in-flight photo's handler was cancelled before its reply went out).
