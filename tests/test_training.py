@@ -434,6 +434,16 @@ def test_main_appends_each_command_line(people: Path, tmp_path: Path) -> None:
     assert lines[1].endswith("--resume")
 
 
+def test_seed_on_the_command_line_gives_a_continuation_its_own_sample_stream(people: Path, tmp_path: Path) -> None:
+    """Each warm-started continuation of a config needs its own seed, or it replays the last run's samples."""
+    out_dir = tmp_path / "run"
+    path = toml_config(tiny_config(people, out_dir, steps=1, eval_every=100), tmp_path / "tiny.toml")
+    train_module.main([str(path), "--seed", "18"])
+    assert load_checkpoint(out_dir / "checkpoint.pt")["config"]["seed"] == 18
+    first, continuation = (ResumableSampler(size=50, seed=seed) for seed in (0, 18))
+    assert list(zip(first, range(20), strict=False)) != list(zip(continuation, range(20), strict=False))
+
+
 def test_steps_on_the_command_line_win_over_epochs_in_the_config(people: Path, tmp_path: Path) -> None:
     """A short trial of an epochs-based config (the research ones) runs the steps asked for, not every epoch."""
     out_dir = tmp_path / "trial"

@@ -635,6 +635,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", help="warm start from shipped weights or a checkpoint")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--data", nargs="+")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="the sample stream's seed (overrides the config's): give each warm-started continuation its own, "
+        "or it replays the samples and augmentations of the run before it",
+    )
     args = parser.parse_args(argv)
     config = TrainConfig.from_toml(
         args.config,
@@ -644,6 +650,7 @@ def main(argv: list[str] | None = None) -> None:
         init_from=args.init_from,
         threads=args.threads,
         data=args.data,
+        seed=args.seed,
     )
     try:
         check_out_dir(config, args.resume)
