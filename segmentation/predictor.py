@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segmentation.cpu import cpu_supports_bf16
+from segmentation.cpu import use_bf16
 from segmentation.models import fold_batch_norms
 from segmentation.refine import apply_in_bands, guided_filter_coefficients, restrict_to_band, sharpen
 from segmentation.weights_io import WEIGHTS_DIR, ModelCard, load_model
@@ -52,7 +52,7 @@ class Predictor:
         self.contrast = contrast
         self.name = card.architecture
         # bf16 autocast plus channels_last roughly halves CPU time where the CPU has bf16 units.
-        self.fast = cpu_supports_bf16() if fast is None else fast
+        self.fast = use_bf16() if fast is None else fast
         self.model = model.eval()
         if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from segmentation import cpu
-from segmentation.cpu import available_cpus, cgroup_cpu_limit, configure_torch_threads
+from segmentation.cpu import BF16_VARIABLE, available_cpus, cgroup_cpu_limit, configure_torch_threads, use_bf16
 
 
 @pytest.fixture
@@ -71,3 +71,30 @@ def test_configure_torch_threads_divides_the_cores_among_workers(
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("setting", "native_bf16", "expected"),
+    [
+        pytest.param(None, True, True, id="unset-follows-the-cpu"),
+        pytest.param(None, False, False, id="unset-without-bf16-units"),
+        pytest.param("0", True, False, id="off-where-bf16-is-slower"),
+        pytest.param(" Off ", True, False, id="off-spelt-out"),
+        pytest.param("1", False, True, id="on-forced"),
+    ],
+)
+def test_bf16_follows_the_cpu_unless_the_variable_says(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, native_bf16: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(cpu, "cpu_supports_bf16", lambda: native_bf16)
+    if setting is None:
+        monkeypatch.delenv(BF16_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(BF16_VARIABLE, setting)
+    assert use_bf16() is expected
+
+
+def test_a_bf16_setting_that_is_not_a_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BF16_VARIABLE, "maybe")
+    with pytest.raises(ValueError, match="SEGMENTATION_BF16 must be 0 or 1"):
+        use_bf16()

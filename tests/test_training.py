@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import training.train as train_module
+from segmentation import cpu as cpu_module
+from segmentation.cpu import BF16_VARIABLE
 from segmentation.models import create_model
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
 from training.augment import MEAN_RGB, build_augment
@@ -234,16 +236,35 @@ def test_loss_falls_and_the_run_leaves_its_records(trained_run: Path) -> None:
         assert (trained_run / name).is_file(), name
 
 
+def pretend_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    """Make the CPU look as if it has (or lacks) bf16 units, with no SEGMENTATION_BF16 override unless set."""
+    monkeypatch.setattr(cpu_module, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: native_bf16)
+
+
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_bf16_and_channels_last_only_where_the_cpu_has_bf16(monkeypatch, native_bf16: bool) -> None:
     # Emulated bf16 on an AVX2-only CPU made a training step several times slower than float32.
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.delenv(BF16_VARIABLE, raising=False)
+    pretend_native_bf16(monkeypatch, native_bf16)
     cpu = torch.device("cpu")
     with train_module.autocast_for(cpu):
         product = torch.ones(4, 4) @ torch.ones(4, 4)
     assert product.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     expected = torch.channels_last if native_bf16 else torch.contiguous_format
     assert train_module.memory_format_for(cpu) == expected
+
+
+def test_bf16_switched_off_trains_in_float32_and_keeps_channels_last(monkeypatch) -> None:
+    # On an Intel Xeon whose AMX a hypervisor hides, float32 with channels_last trained fastest.
+    monkeypatch.setenv(BF16_VARIABLE, "0")
+    pretend_native_bf16(monkeypatch, True)
+    cpu = torch.device("cpu")
+    with train_module.autocast_for(cpu):
+        product = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert product.dtype == torch.float32
+    assert train_module.memory_format_for(cpu) == torch.channels_last
+    assert not train_module.validation_predictor(create_model("unet"), TrainConfig(model="unet")).fast
 
 
 def test_one_image_can_be_overfit() -> None:
