@@ -32,6 +32,13 @@ def main() -> int:
         logger.error("cannot start: %s (set it in the environment or in .env)", describe_settings_error(error))
         return EXIT_CONFIG_ERROR
     configure_logging(settings.log_level)
+    from segmentation.cpu import use_bf16  # light: no torch
+
+    try:
+        use_bf16()  # read once here so that a bad value stops the start, not every photo
+    except ValueError as error:
+        logger.error("cannot start: %s", error)
+        return EXIT_CONFIG_ERROR
 
     # Imported after the settings check: the engine pulls in torch, which takes seconds to load.
     from telegram.error import InvalidToken, NetworkError

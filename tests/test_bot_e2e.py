@@ -479,6 +479,19 @@ def test_python_m_bot_polls_and_stops_on_sigterm(botapi: BotApiStub, tmp_path: P
     assert (tmp_path / "data" / "bot.sqlite3").is_file()
 
 
+def test_a_bf16_setting_that_is_not_a_switch_stops_the_start(botapi: BotApiStub, tmp_path: Path) -> None:
+    env = bot_process_env(botapi, tmp_path, TOKEN, SEGMENTATION_BF16="fast")
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "cannot start: SEGMENTATION_BF16 must be 0 or 1 (or unset to follow the CPU), not 'fast'"
+    )
+    assert "Traceback" not in done.stderr
+    assert not botapi.calls_of("getUpdates")  # it stopped before reaching Telegram
+
+
 def test_a_rejected_token_exits_2_without_leaking_it(botapi: BotApiStub, tmp_path: Path) -> None:
     wrong = "4242:AAH-a-WRONG-token-0000000000"
     env = bot_process_env(botapi, tmp_path, wrong)
