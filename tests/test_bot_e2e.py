@@ -485,8 +485,10 @@ def test_a_bf16_setting_that_is_not_a_switch_stops_the_start(botapi: BotApiStub,
         [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith(
-        "cannot start: SEGMENTATION_BF16 must be 0 or 1 (or unset to follow the CPU), not 'fast'"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("cannot start: SEGMENTATION_BF16 must be 0 or 1 (or unset to follow the CPU), not 'fast'")
     )
     assert "Traceback" not in done.stderr
     assert not botapi.calls_of("getUpdates")  # it stopped before reaching Telegram
