@@ -362,6 +362,34 @@ def test_unsure_region_far_from_the_person_is_hard_while_the_outline_stays_soft(
     np.testing.assert_array_equal(banded[60:130, 50:70], 1.0)  # deep inside the person: fully opaque
 
 
+def test_a_coarse_network_is_refined_at_the_refine_size_for_a_narrower_soft_edge() -> None:
+    # The UNet runs at 192 px; refined there, its soft edge where the photo has no edge to snap to (a smooth
+    # ramp here, a wrong outline in a real photo) was wider than the veil's margin.
+    ramp = np.tile(np.linspace(0, 255, 768, dtype=np.float32), (576, 1)).astype(np.uint8)
+    photo = Image.fromarray(np.repeat(ramp[..., None], 3, axis=2))
+    card = ModelCard(architecture="unet", inference_size=48)
+    fine = Predictor(BrightnessNet(), card, fast=False, refine_size=384).predict_alpha(photo)
+    coarse = Predictor(BrightnessNet(), card, fast=False, refine_size=0).predict_alpha(photo)
+    soft_fine, soft_coarse = ((alpha > 0.1) & (alpha < 0.9) for alpha in (fine, coarse))
+    assert 0 < soft_fine.any(axis=0).sum() < 0.3 * soft_coarse.any(axis=0).sum()  # soft columns: fewer, not none
+    assert (fine >= 0.5).mean() == pytest.approx((coarse >= 0.5).mean(), abs=0.01)  # the same decision
+
+
+def test_refine_size_never_coarsens_nor_goes_finer_than_the_photo() -> None:
+    predictor = Predictor(BrightnessNet(), ModelCard(architecture="unet", inference_size=64), fast=False)
+    probability = np.random.default_rng(0).random((48, 64), dtype=np.float32)
+    small = np.zeros((48, 64, 3), np.uint8)
+    photo = Image.new("RGB", (200, 150))
+    upsampled, resized = predictor.at_refine_size(photo, probability, small)
+    assert upsampled.shape == (150, 200) and resized.shape == (150, 200, 3)  # the photo's own size, not 384
+    assert upsampled.min() >= 0 and upsampled.max() <= 1
+    large = Image.new("RGB", (1280, 960))
+    assert predictor.at_refine_size(large, probability, small)[0].shape == (288, 384)
+    at_384 = np.zeros((288, 384), np.float32)
+    unchanged, _ = predictor.at_refine_size(large, at_384, np.zeros((288, 384, 3), np.uint8))
+    assert unchanged is at_384  # a network served at 384 (DeepLab) is refined as before
+
+
 def test_soft_band_follows_the_outline_of_the_hard_mask() -> None:
     probability = torch.zeros(1, 1, 20, 30)
     probability[..., 5:15, 10:20] = 0.9
