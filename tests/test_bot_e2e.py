@@ -429,16 +429,21 @@ async def test_token_is_redacted_even_from_chatty_loggers(botapi: BotApiStub, tm
     assert "oops with [REDACTED]" in caplog.text
 
 
+def refused_start(env: dict[str, str], tmp_path: Path) -> str:
+    """Run `python -m bot` in env, expect the configuration-error exit (2), and return its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    return done.stderr
+
+
 def test_missing_token_is_a_one_line_error(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("BOT_")}
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0, done.stderr
-    assert "BOT_TOKEN is not set" in done.stderr
-    assert "Traceback" not in done.stderr
+    stderr = refused_start(env, tmp_path)
+    assert stderr.strip().count("\n") == 0, stderr
+    assert "BOT_TOKEN is not set" in stderr and "Traceback" not in stderr
 
 
 def bot_process_env(botapi: BotApiStub, tmp_path: Path, token: str, **extra: str) -> dict[str, str]:
@@ -480,35 +485,23 @@ def test_python_m_bot_polls_and_stops_on_sigterm(botapi: BotApiStub, tmp_path: P
 
 
 def test_a_bf16_setting_that_is_not_a_switch_stops_the_start(botapi: BotApiStub, tmp_path: Path) -> None:
-    env = bot_process_env(botapi, tmp_path, TOKEN, SEGMENTATION_BF16="fast")
-    done = subprocess.run(
-        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .endswith("cannot start: SEGMENTATION_BF16 must be 0 or 1 (or unset to follow the CPU), not 'fast'")
-    )
-    assert "Traceback" not in done.stderr
+    stderr = refused_start(bot_process_env(botapi, tmp_path, TOKEN, SEGMENTATION_BF16="fast"), tmp_path)
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.endswith("cannot start: SEGMENTATION_BF16 must be 0 or 1 (or unset to follow the CPU), not 'fast'")
+    assert "Traceback" not in stderr
     assert not botapi.calls_of("getUpdates")  # it stopped before reaching Telegram
 
 
 def test_a_rejected_token_exits_2_without_leaking_it(botapi: BotApiStub, tmp_path: Path) -> None:
     wrong = "4242:AAH-a-WRONG-token-0000000000"
-    env = bot_process_env(botapi, tmp_path, wrong)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
-    )
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .endswith("ERROR bgremover-bot: cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)")
+    stderr = refused_start(bot_process_env(botapi, tmp_path, wrong), tmp_path)
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.endswith(
+        "ERROR bgremover-bot: cannot start: Telegram rejected BOT_TOKEN (check it with @BotFather)"
     )
     # python-telegram-bot's own error message quotes the token; the logging filter must have caught it.
-    assert wrong.partition(":")[2] not in done.stderr
-    assert "[REDACTED]" in done.stderr
+    assert wrong.partition(":")[2] not in stderr
+    assert "[REDACTED]" in stderr
 
 
 def file_ids_fetched(stub: BotApiStub) -> set[str]:
