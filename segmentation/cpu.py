@@ -10,7 +10,7 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The flags are a guess at where bf16 autocast pays, and a hypervisor can make it wrong: on an AMD EPYC with
 # AVX-512 BF16 a DeepLab training step took 4.2 s in bf16, but on an Intel Xeon (model 207) whose AMX the
-# hypervisor hides it took 10.2 s in bf16 against 7.9 s in float32 (batch 8 at 320 px, one thread).
+# hypervisor hides it took 11.2 s in bf16 against 7.1 s in float32 (benchmarks/training_step.py).
 # SEGMENTATION_BF16=0 (or 1) overrides the guess for training and serving alike.
 BF16_VARIABLE = "SEGMENTATION_BF16"
 

@@ -190,7 +190,7 @@ def memory_format_for(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA and on AVX-512 BF16 CPUs (even in float32), the default layout elsewhere.
 
     On an AVX2-only CPU channels_last was 0-25% slower; on an Intel Xeon with AVX-512 BF16 training in float32
-    it was faster (a DeepLab step 7.9 s against 9.3 s, batch 8, one thread).
+    it was faster (a DeepLab step 7.1 s against 8.4 s, benchmarks/training_step.py).
     """
     if device.type == "cuda" or cpu_supports_bf16():
         return torch.channels_last
