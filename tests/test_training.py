@@ -237,7 +237,7 @@ def test_loss_falls_and_the_run_leaves_its_records(trained_run: Path) -> None:
 
 
 def pretend_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
-    """Make the CPU look as if it has (or lacks) bf16 units, with no SEGMENTATION_BF16 override unless set."""
+    """Make the CPU look as if it has (or lacks) bf16 units, to training and to segmentation.cpu alike."""
     monkeypatch.setattr(cpu_module, "cpu_supports_bf16", lambda: native_bf16)
     monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: native_bf16)
 
