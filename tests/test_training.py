@@ -25,7 +25,8 @@ import training.train as train_module
 from segmentation import cpu as cpu_module
 from segmentation.cpu import BF16_VARIABLE
 from segmentation.models import create_model
-from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, load_model, read_card
+from segmentation.predictor import Predictor
+from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_model, read_card
 from training.augment import MEAN_RGB, build_augment
 from training.checkpoints import load_checkpoint
 from training.composite import Compositor, cut_out
@@ -929,6 +930,54 @@ def test_evaluate_command_on_a_set_with_nobody_alone(tmp_path: Path, capsys) -> 
     assert list(report) == ["no-people"] and 0.0 <= report["no-people"]["kept"] <= 1.0
     assert json.loads((tmp_path / "report.json").read_text())["metrics"]["no-people"]["images"] == 2
     assert "2 images in" in capsys.readouterr().out
+
+
+class CountingBrightnessNet(torch.nn.Module):
+    """A stand-in network: bright pixels are the person (p ~0.9), dark ones not (p ~0.16); counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mean(dim=1, keepdim=True)
+
+
+def test_evaluate_overrides_the_cards_threshold_and_second_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """--threshold and --second-pass score the same weights another way, and the JSON says which way."""
+    root = make_empty_dataset(tmp_path / "no-people", val=2, size=(200, 150))
+    for path in (root / "images").iterdir():  # a small bright figure in each: a "person" to this network
+        pixels = np.full((150, 200, 3), 20, dtype=np.uint8)
+        pixels[60:90, 100:115] = 235
+        Image.fromarray(pixels).save(path)
+    net = CountingBrightnessNet()
+    card = ModelCard(architecture="unet", inference_size=64, threshold=0.5)
+    monkeypatch.setattr(
+        "training.evaluate.Predictor.from_weights", lambda *args, **kwargs: Predictor(net, card, fast=False)
+    )
+    report = evaluate_main(["--model", "unet", "--data", str(root)])
+    assert net.calls == 2  # one pass a photo: the card has no second pass
+    kept_at_half = report["no-people"]["kept"]
+    assert kept_at_half == pytest.approx(30 * 15 / (200 * 150), rel=0.25)
+
+    net.calls = 0
+    out = tmp_path / "report.json"
+    report = evaluate_main(["--model", "unet", "--data", str(root), "--second-pass", "--json", str(out)])
+    assert net.calls == 4  # the frame, then a crop around the figure
+    written = json.loads(out.read_text())
+    assert written["second_pass"] is True and written["command"].endswith("--second-pass")
+
+    report = evaluate_main(["--model", "unet", "--data", str(root), "--threshold", "0.1", "--json", str(out)])
+    assert report["no-people"]["kept"] == 1.0  # even the dark background is above 0.1
+    written = json.loads(out.read_text())
+    assert written["threshold"] == 0.1 and "--threshold 0.1" in written["command"]
+    assert "threshold 0.1, second pass off" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--model", "unet", "--data", str(root), "--threshold", "1"])
+    assert "must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:

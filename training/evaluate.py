@@ -216,7 +216,14 @@ def format_share_table(report: dict[str, dict[str, Any]]) -> str:
 
 
 def evaluation_command(
-    model: str, roots: list[str | Path], split: str, weights_dir: Path | None, limit: int | None
+    model: str,
+    roots: list[str | Path],
+    split: str,
+    weights_dir: Path | None,
+    limit: int | None,
+    *,
+    threshold: float | None = None,
+    second_pass: bool | None = None,
 ) -> str:
     """The command line that reproduces an evaluation (written into weights cards)."""
     parts = ["python -m training.evaluate", f"--model {model}", "--data", *map(str, roots), f"--split {split}"]
@@ -224,6 +231,10 @@ def evaluation_command(
         parts.append(f"--weights-dir {weights_dir}")
     if limit is not None:
         parts.append(f"--limit {limit}")
+    if threshold is not None:
+        parts.append(f"--threshold {threshold}")
+    if second_pass is not None:
+        parts.append("--second-pass" if second_pass else "--no-second-pass")
     return " ".join(parts)
 
 
@@ -232,6 +243,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
     return value
 
 
@@ -248,12 +267,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set")
+    # Overrides of the card, so that a threshold or the second pass can be tried without a copy of the weights.
+    parser.add_argument("--threshold", type=unit_interval, help="score at this threshold instead of the card's")
+    parser.add_argument(
+        "--second-pass",
+        action=argparse.BooleanOptionalAction,
+        help="run (or skip) the second pass on small people, whatever the card says",
+    )
     args = parser.parse_args(argv)
 
     predictor = Predictor.from_weights(args.model, args.weights_dir)
     card = predictor.card
+    if args.threshold is not None:
+        card.threshold = args.threshold
+    if args.second_pass is not None:
+        predictor.second_pass = args.second_pass
     print(
         f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
+        f"second pass {'on' if predictor.second_pass else 'off'}, "
         f"{args.split} split of {', '.join(Path(root).name for root in args.data)}",
         file=sys.stderr,
     )
@@ -280,8 +311,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                     "split": args.split,
                     "data": [str(root) for root in args.data],
                     "limit": args.limit,
+                    "threshold": card.threshold,
+                    "second_pass": predictor.second_pass,
                     "metrics": report,
-                    "command": evaluation_command(args.model, args.data, args.split, args.weights_dir, args.limit),
+                    "command": evaluation_command(
+                        args.model,
+                        args.data,
+                        args.split,
+                        args.weights_dir,
+                        args.limit,
+                        threshold=args.threshold,
+                        second_pass=args.second_pass,
+                    ),
                 },
                 indent=2,
             )

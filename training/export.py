@@ -26,7 +26,14 @@ from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, Mo
 from training.checkpoints import load_checkpoint
 from training.config import TrainConfig
 from training.data import DatasetError, pairs_for
-from training.evaluate import evaluate, evaluation_command, format_share_table, format_table, positive_int
+from training.evaluate import (
+    evaluate,
+    evaluation_command,
+    format_share_table,
+    format_table,
+    positive_int,
+    unit_interval,
+)
 
 # What we know of the data sets this project trains on, for when a folder's README is not at hand and
 # because terms of use are too important to scrape from free text.
@@ -258,14 +265,6 @@ def export(
             (out_dir / path.name).chmod(0o644)
     log(f"wrote {out_dir / tensors_path.name} and {out_dir / card_path.name} (step {checkpoint['step']})")
     return card
-
-
-def unit_interval(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
