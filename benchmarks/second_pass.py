@@ -30,8 +30,8 @@ def photos_taking_the_pass(predictor: Predictor, data: Path, count: int) -> list
     chosen = []
     for pair in pairs_for([data], "val"):
         photo = Image.open(pair.image).convert("RGB").resize(SIZE, Image.Resampling.BILINEAR)
-        predictor.second_pass = True
-        if "second_pass" in predictor.predict_alpha8_timed(photo)[1]:
+        # The predictor's own decision, from the first pass alone: no full matte needed to know.
+        if predictor.small_subject_box(predictor.predict_low_res(photo)[0], photo.size) is not None:
             chosen.append(photo)
         if len(chosen) == count:
             break
