@@ -32,10 +32,10 @@ def main() -> int:
         logger.error("cannot start: %s (set it in the environment or in .env)", describe_settings_error(error))
         return EXIT_CONFIG_ERROR
     configure_logging(settings.log_level)
-    from segmentation.cpu import use_bf16  # light: no torch
+    from segmentation.cpu import bf16_setting  # light: no torch
 
     try:
-        use_bf16()  # read once here so that a bad value stops the start, not every photo
+        bf16_setting()  # read once here so that a bad value stops the start, not every photo
     except ValueError as error:
         logger.error("cannot start: %s", error)
         return EXIT_CONFIG_ERROR

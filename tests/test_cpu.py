@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from segmentation import cpu
-from segmentation.cpu import BF16_VARIABLE, available_cpus, cgroup_cpu_limit, configure_torch_threads, use_bf16
+from segmentation.cpu import (
+    BF16_VARIABLE,
+    available_cpus,
+    bf16_setting,
+    cgroup_cpu_limit,
+    configure_torch_threads,
+    use_bf16,
+)
 
 
 @pytest.fixture
@@ -74,24 +83,55 @@ def test_configure_torch_threads_divides_the_cores_among_workers(
 
 
 @pytest.mark.parametrize(
-    ("setting", "native_bf16", "expected"),
+    ("setting", "native_bf16", "times_faster", "expected"),
     [
-        pytest.param(None, True, True, id="unset-follows-the-cpu"),
-        pytest.param(None, False, False, id="unset-without-bf16-units"),
-        pytest.param("0", True, False, id="off-where-bf16-is-slower"),
-        pytest.param(" Off ", True, False, id="off-spelt-out"),
-        pytest.param("1", False, True, id="on-forced"),
+        pytest.param(None, True, True, True, id="unset-native-and-faster"),
+        pytest.param(None, True, False, False, id="unset-native-but-slower"),
+        pytest.param(None, False, None, False, id="unset-without-bf16-units"),
+        pytest.param("0", True, None, False, id="off-where-bf16-is-slower"),
+        pytest.param(" Off ", True, None, False, id="off-spelt-out"),
+        pytest.param("1", False, None, True, id="on-forced"),
     ],
 )
-def test_bf16_follows_the_cpu_unless_the_variable_says(
-    monkeypatch: pytest.MonkeyPatch, setting: str | None, native_bf16: bool, expected: bool
+def test_bf16_follows_the_cpu_and_its_timing_unless_the_variable_says(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, native_bf16: bool, times_faster: bool | None, expected: bool
 ) -> None:
+    def probe() -> bool:
+        # None: the case must be decided without timing anything (the flags or the variable settle it).
+        assert times_faster is not None, "timed bf16 where the flags or the variable had already decided"
+        return times_faster
+
     monkeypatch.setattr(cpu, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(cpu, "bf16_measured_faster", probe)
     if setting is None:
         monkeypatch.delenv(BF16_VARIABLE, raising=False)
     else:
         monkeypatch.setenv(BF16_VARIABLE, setting)
     assert use_bf16() is expected
+
+
+def test_the_bf16_timing_reports_its_figures_and_leaves_the_random_stream_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with caplog.at_level(logging.INFO, logger="segmentation.cpu"):
+        verdict = cpu.bf16_measured_faster.__wrapped__()  # uncached: really time it
+    assert isinstance(verdict, bool)
+    # A seeded training run draws the same samples whether or not the probe ran first.
+    assert torch.equal(torch.rand(3), expected)
+    message = caplog.records[-1].getMessage()
+    figures = r"a probe convolution took [\d.]+ ms in bf16, [\d.]+ ms in float32"
+    assert re.fullmatch(rf"bf16 autocast (on|off): {figures}", message)
+    assert message.startswith(f"bf16 autocast {'on' if verdict else 'off'}")
+
+
+def test_the_bf16_setting_is_read_without_timing_or_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BF16_VARIABLE, raising=False)
+    assert bf16_setting() is None
+    monkeypatch.setenv(BF16_VARIABLE, "yes")
+    assert bf16_setting() is True
 
 
 def test_a_bf16_setting_that_is_not_a_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from segmentation import predictor as predictor_module
 from segmentation import refine
 from segmentation.decoding import decode_image
 from segmentation.pipeline import remove_background
@@ -257,6 +258,24 @@ def test_fast_bf16_and_float32_give_close_probabilities(
     assert np.abs(approximate - reference).max() < 0.05
     assert np.abs(approximate - reference).mean() < 0.01
     assert not np.array_equal(approximate, reference)  # and it really ran in reduced precision
+
+
+@pytest.mark.parametrize("name", ["deeplab", "unet"])
+def test_float32_in_channels_last_gives_the_same_probabilities(
+    monkeypatch: pytest.MonkeyPatch, random_weights_dir: Path, sample_photo_bytes: bytes, name: str
+) -> None:
+    """Where channels_last is faster in float32 the predictor uses it, and only the layout changes."""
+    image = decode_image(sample_photo_bytes)
+    monkeypatch.setattr(predictor_module, "prefers_channels_last", lambda: False)
+    plain = Predictor(*load_model(name, random_weights_dir), fast=False)
+    monkeypatch.setattr(predictor_module, "prefers_channels_last", lambda: True)
+    channels_last = Predictor(*load_model(name, random_weights_dir), fast=False)
+    for predictor, expected in ((plain, False), (channels_last, True)):
+        first_conv = next(p for p in predictor.model.parameters() if p.dim() == 4)
+        assert first_conv.is_contiguous(memory_format=torch.channels_last) is expected
+    reference, _ = plain.predict_low_res(image)
+    assert reference.std() > 0.02
+    np.testing.assert_allclose(channels_last.predict_low_res(image)[0], reference, atol=1e-5)
 
 
 def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(random_weights_dir: Path) -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segmentation.cpu import cpu_supports_bf16, use_bf16
+from segmentation.cpu import prefers_channels_last, use_bf16
 from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_state
@@ -171,7 +171,7 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 
 
 def uses_fast_path(device: torch.device) -> bool:
-    """Whether bf16 autocast pays here: on CUDA, and on CPUs with native bf16 units (or SEGMENTATION_BF16=1).
+    """Whether bf16 autocast pays here: on CUDA, and on CPUs whose native bf16 units time faster (use_bf16).
 
     On a CPU without them (AVX2 only) bf16 is emulated and a DeepLab step took over 45 s instead of 9 s in
     float32 (measured at batch 8, one thread).
@@ -192,7 +192,7 @@ def memory_format_for(device: torch.device) -> torch.memory_format:
     On an AVX2-only CPU channels_last was 0-25% slower; on an Intel Xeon with AVX-512 BF16 training in float32
     it was faster (a DeepLab step 7.1 s against 8.4 s, benchmarks/training_step.py).
     """
-    if device.type == "cuda" or cpu_supports_bf16():
+    if device.type == "cuda" or prefers_channels_last():
         return torch.channels_last
     return torch.contiguous_format
 
