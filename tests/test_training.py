@@ -938,16 +938,18 @@ class CountingBrightnessNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.input_sizes: list[tuple[int, int]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.input_sizes.append((x.shape[-1], x.shape[-2]))
         return x.mean(dim=1, keepdim=True)
 
 
-def test_evaluate_overrides_the_cards_threshold_and_second_pass(
+def test_evaluate_overrides_the_cards_threshold_second_pass_and_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """--threshold and --second-pass score the same weights another way, and the JSON says which way."""
+    """--threshold, --second-pass and --inference-size score the same weights another way; the JSON says which."""
     root = make_empty_dataset(tmp_path / "no-people", val=2, size=(200, 150))
     for path in (root / "images").iterdir():  # a small bright figure in each: a "person" to this network
         pixels = np.full((150, 200, 3), 20, dtype=np.uint8)
@@ -978,6 +980,13 @@ def test_evaluate_overrides_the_cards_threshold_and_second_pass(
     with pytest.raises(SystemExit):
         evaluate_main(["--model", "unet", "--data", str(root), "--threshold", "1"])
     assert "must be between 0 and 1" in capsys.readouterr().err
+
+    net.input_sizes.clear()
+    report = evaluate_main(["--model", "unet", "--data", str(root), "--inference-size", "128", "--json", str(out)])
+    assert net.input_sizes == [(128, 96), (128, 96)]  # 200x150 at 128 on the long side (card: 64)
+    written = json.loads(out.read_text())
+    assert written["inference_size"] == 128 and "--inference-size 128" in written["command"]
+    assert "unet: inference size 128" in capsys.readouterr().err
 
 
 def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:

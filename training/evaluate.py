@@ -224,6 +224,7 @@ def evaluation_command(
     *,
     threshold: float | None = None,
     second_pass: bool | None = None,
+    inference_size: int | None = None,
 ) -> str:
     """The command line that reproduces an evaluation (written into weights cards)."""
     parts = ["python -m training.evaluate", f"--model {model}", "--data", *map(str, roots), f"--split {split}"]
@@ -235,6 +236,8 @@ def evaluation_command(
         parts.append(f"--threshold {threshold}")
     if second_pass is not None:
         parts.append("--second-pass" if second_pass else "--no-second-pass")
+    if inference_size is not None:
+        parts.append(f"--inference-size {inference_size}")
     return " ".join(parts)
 
 
@@ -267,12 +270,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--limit", type=positive_int, help="score only the first N pairs of each set")
-    # Overrides of the card, so that a threshold or the second pass can be tried without a copy of the weights.
+    # Overrides of the card, so that a threshold, the second pass or a size can be tried without a copy of the weights.
     parser.add_argument("--threshold", type=unit_interval, help="score at this threshold instead of the card's")
     parser.add_argument(
         "--second-pass",
         action=argparse.BooleanOptionalAction,
         help="run (or skip) the second pass on small people, whatever the card says",
+    )
+    parser.add_argument(
+        "--inference-size", type=positive_int, help="resize photos to this long side instead of the card's"
     )
     args = parser.parse_args(argv)
 
@@ -282,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         card.threshold = args.threshold
     if args.second_pass is not None:
         predictor.second_pass = args.second_pass
+    if args.inference_size is not None:
+        card.inference_size = args.inference_size
     print(
         f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
         f"second pass {'on' if predictor.second_pass else 'off'}, "
@@ -313,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                     "limit": args.limit,
                     "threshold": card.threshold,
                     "second_pass": predictor.second_pass,
+                    "inference_size": card.inference_size,
                     "metrics": report,
                     "command": evaluation_command(
                         args.model,
@@ -322,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                         args.limit,
                         threshold=args.threshold,
                         second_pass=args.second_pass,
+                        inference_size=args.inference_size,
                     ),
                 },
                 indent=2,
