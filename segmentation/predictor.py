@@ -28,7 +28,7 @@ SOFT_BAND = 0.0025
 # bilinearly, the photo resized to match): at the UNet's 192 px the soft edge, a few network pixels wide, was
 # itself wider than the veil's 2% of the diagonal. Refined at 384 the UNet's veil fell from 0.017-0.038 to
 # 0.009-0.022 a set on the full val splits, union Dice 0.9218 -> 0.9211 and people-coco IoU 0.3964 -> 0.3964
-# (the shipped weights of the sixth UNet run); DeepLab, served at 384, is refined as before.
+# (the shipped weights of the sixth UNet run); DeepLab, served at 384 or more, is refined as before.
 REFINE_SIZE = 384
 # Logit scale of a contrast curve on the probability (1: none). A scale of 2 cut the veil a little more
 # (0.039 -> 0.037 on people-coco) but moved Dice by -0.0001 on people-portraits, so it is off.
