@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from segmentation.cpu import cpu_supports_bf16, prefers_channels_last, use_bf16
+from segmentation.cpu import cpu_supports_bf16, use_bf16
 from segmentation.engine import EngineConfig, InferenceEngine
 from segmentation.models import MODEL_NAMES
 from segmentation.pipeline import remove_background
@@ -66,13 +66,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--weights-dir", type=Path)
     args = parser.parse_args()
+    predictors = {name: Predictor.from_weights(name, args.weights_dir) for name in MODEL_NAMES}
+    layout = "channels_last" if any(p.channels_last for p in predictors.values()) else "default"
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"bf16 units: {cpu_supports_bf16()}, bf16 autocast: {use_bf16()}, "
-        f"channels_last: {use_bf16() or prefers_channels_last()}, torch {torch.__version__}"
+        f"bf16 units: {cpu_supports_bf16()}, bf16 autocast: {use_bf16()}, layout: {layout}, torch {torch.__version__}"
     )
     photos = {"1280x960": photo_bytes(1280, 960), "4000x3000": photo_bytes(4000, 3000)}
-    predictors = {name: Predictor.from_weights(name, args.weights_dir) for name in MODEL_NAMES}
     print(f"\n{'model':8} {'photo':10} " + " ".join(f"{s:>8}" for s in STAGES) + "   (seconds, p50)")
     for name, predictor in predictors.items():
         for label, data in photos.items():
