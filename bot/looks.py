@@ -62,6 +62,8 @@ def parse_background(text: str) -> str | None:
         rgb = ImageColor.getrgb(value)[:3]
     except ValueError:
         return None
+    if not all(0 <= channel <= 255 for channel in rgb):  # Pillow passes "rgb(300,0,0)" through unclamped
+        return None
     colour = "#{:02x}{:02x}{:02x}".format(*rgb)
     return WHITE if colour == "#ffffff" else colour
 

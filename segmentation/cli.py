@@ -19,9 +19,13 @@ from segmentation.weights_io import WEIGHTS_DIR, WeightsError, read_card
 
 def _colour(text: str) -> tuple[int, int, int]:
     try:
-        return ImageColor.getrgb(text)[:3]
+        rgb = ImageColor.getrgb(text)[:3]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a colour: {text!r} (try white, #00ff00 or 'rgb(0,0,255)')") from None
+        rgb = (-1,)
+    # Pillow passes out-of-range values ("rgb(300,0,0)") through unclamped.
+    if not all(0 <= channel <= 255 for channel in rgb):
+        raise argparse.ArgumentTypeError(f"not a colour: {text!r} (try white, #00ff00 or 'rgb(0,0,255)')")
+    return rgb
 
 
 def _inputs(paths: list[str]) -> list[Path]:

@@ -100,11 +100,14 @@ def test_bg_white_fills_the_background(random_weights_dir: Path, photo: Path, tm
     np.testing.assert_array_equal(pixels[opaque], cutout[..., :3][opaque])
 
 
-def test_bad_colour_is_a_usage_error(random_weights_dir: Path, photo: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("colour", ["not-a-colour", "rgb(300,0,0)"])
+def test_bad_colour_is_a_usage_error(
+    random_weights_dir: Path, photo: Path, tmp_path: Path, capsys, colour: str
+) -> None:
     with pytest.raises(SystemExit) as caught:
-        run(random_weights_dir, "remove", photo, "-o", tmp_path / "x.png", "--bg", "not-a-colour")
+        run(random_weights_dir, "remove", photo, "-o", tmp_path / "x.png", "--bg", colour)
     assert caught.value.code == 2
-    assert "not a colour: 'not-a-colour'" in capsys.readouterr().err
+    assert f"not a colour: {colour!r}" in capsys.readouterr().err
 
 
 def test_models_lists_both_networks(random_weights_dir: Path, capsys) -> None:
