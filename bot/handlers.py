@@ -97,7 +97,7 @@ async def model_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     chat = update.effective_chat
     t = await _texts(update, context)
     if chat is None or name not in svc.model_names:
-        await query.answer(t.model_unknown(name[:20], svc.model_names), show_alert=True)
+        await query.answer(t.model_unknown(name, svc.model_names), show_alert=True)
         return
     await svc.store.set_model(chat.id, name)
     await query.answer(t.model_switched(name))

@@ -15,6 +15,7 @@ from bot.store import StoreStats
 LANGUAGES = ("en", "ru")
 DEFAULT_LANGUAGE = "en"
 LANGUAGE_NAMES = {"en": "English", "ru": "Русский"}
+MAX_ECHOED_NAME = 20  # characters of an unknown model name we repeat back
 
 # The templates: constants are used as they are, the others through Texts' methods (str.format fields).
 CATALOGUE: dict[str, dict[str, str]] = {
@@ -302,8 +303,9 @@ class Texts:
         return self._t("MODEL_SWITCHED", name=name)
 
     def model_unknown(self, name: str, models: tuple[str, ...]) -> str:
-        """The answer to /model with a name we don't have."""
-        return self._t("MODEL_UNKNOWN", name=name, models=", ".join(models))
+        """The answer to /model with a name we don't have (a long name is cut: a reply holds 4,096 characters)."""
+        shown = name if len(name) <= MAX_ECHOED_NAME else name[: MAX_ECHOED_NAME - 1] + "…"
+        return self._t("MODEL_UNKNOWN", name=shown, models=", ".join(models))
 
     def model_unavailable(self, model: str, models: tuple[str, ...]) -> str:
         """The chosen model cannot be loaded on this server."""

@@ -122,6 +122,10 @@ def test_texts_read_well() -> None:
         "You're number 2 in line: 1 photo is ahead of yours. I'll send the result when it's ready."
     )
     assert "(25 MB)" in texts.file_too_big(25_000_000, 20_000_000)
+    long_name = "x" * 5000  # "/model xxxx…": echoed whole, the reply would pass Telegram's 4,096 characters
+    assert len(texts.model_unknown(long_name, ("deeplab", "unet"))) < 200
+    assert "x" * 19 + "…" in texts.model_unknown(long_name, ("deeplab", "unet"))
+    assert "“unet2”" in texts.model_unknown("unet2", ("deeplab", "unet"))
     assert texts.result_caption("deeplab", 1.234, True) == "Background removed with deeplab in 1.2 s."
 
 
