@@ -72,14 +72,19 @@ async def result_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     if not _admit_tap(svc, user_id):
         await query.answer(t.TAP_ACK)
         return
-    svc.tapping_users.add(user_id)
+    # A re-render takes a moment and holds the user's other taps until it is sent; Other model waits in the queue
+    # and the network for up to the request timeout, so it holds only its own photo (the pending limit bounds it).
+    holds_user = action.verb != looks.OTHER_MODEL
+    if holds_user:
+        svc.tapping_users.add(user_id)
     svc.busy_photos.add(photo.photo_id)
     try:
         await query.answer()
         await _act(svc, t, context, chat.id, user_id, action, photo)
     finally:
         svc.busy_photos.discard(photo.photo_id)
-        svc.tapping_users.discard(user_id)
+        if holds_user:
+            svc.tapping_users.discard(user_id)
 
 
 async def _act(

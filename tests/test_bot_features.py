@@ -306,6 +306,31 @@ async def test_a_tap_while_the_photo_is_processed_gets_a_short_answer(botapi: Bo
     assert_friendly(botapi, -351)
 
 
+async def test_other_model_running_does_not_hold_the_users_other_taps(
+    botapi: BotApiStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redo, "TAP_INTERVAL_S", 0.0)
+    settings = make_settings(tmp_path, botapi)
+    calls = NetworkCalls(gated=True)
+    async with running_bot(settings, boxed_engine(settings, calls)):
+        botapi.push_photo(361, tiny_photo(seed=1), (96, 64))
+        calls.let_one_through()
+        first = await first_result(botapi, 361)
+        botapi.push_photo(361, tiny_photo(seed=2), (96, 64))
+        calls.let_one_through()
+        second = (await botapi.wait_for(lambda: botapi.documents(361)[1:], 20, "the second result"))[0]
+        assert await tap(botapi, 361, first, buttons(first)[EN.BTN_OTHER_MODEL]) == ""
+        await botapi.wait_for(lambda: calls.count == 3, 20, "the other model to start")
+        # While the first photo's other model is held in the network, a re-render of the second is worked on.
+        assert await tap(botapi, 361, second, buttons(second)[EN.BTN_WHITE]) == ""
+        await botapi.wait_for(lambda: len(botapi.documents(361)) == 3, 20, "the white re-render")
+        assert calls.count == 3  # the re-render ran no network
+        calls.let_one_through()
+        await botapi.wait_for(lambda: len(botapi.documents(361)) == 4, 20, "the other model's result")
+        assert "unet" in botapi.documents(361)[3].caption
+    assert_friendly(botapi, 361)
+
+
 async def test_the_cache_evicts_by_bytes(botapi: BotApiStub, tmp_path: Path) -> None:
     # One photo's file and matte (about 5 KB and 6 KB) fit, two do not.
     settings = make_settings(tmp_path, botapi, cache_bytes=20_000)
