@@ -118,6 +118,21 @@ class BotApplication(Application):
     rest are told "the bot is restarting", and a handler still running at the bound is cancelled.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Every update being handled (a photo, an album, a button tap, the error handler's answer), for the bound.
+        self.update_tasks: set[asyncio.Task] = set()
+
+    async def process_update(self, update: object) -> None:
+        """Handle one update as Application does, remembering its task so that stop() can end it at the bound."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.update_tasks.add(task)
+        try:
+            await super().process_update(update)
+        finally:
+            self.update_tasks.discard(task)
+
     async def stop(self) -> None:
         """Stop fetching updates and pruning, close the engine and wait for the handlers, all within the bound."""
         svc: Services | None = self.bot_data.get(SERVICES_KEY)
@@ -132,8 +147,8 @@ class BotApplication(Application):
         stopping = asyncio.ensure_future(super().stop())
         done, _ = await asyncio.wait({stopping}, timeout=bound)
         if not done:
-            logger.warning("shutdown bound of %g s reached: ending %d unfinished photos", bound, len(svc.photo_tasks))
-            for task in list(svc.photo_tasks):
+            logger.warning("shutdown bound of %g s reached: ending %d handlers", bound, len(self.update_tasks))
+            for task in list(self.update_tasks):
                 task.cancel()
         await stopping
         await closing

@@ -42,7 +42,6 @@ class Services:
     # so plain increments are race-free.
     pending: Counter[int] = field(default_factory=Counter)
     # The handler tasks of accepted photos, so a shutdown past its bound can end them.
-    photo_tasks: set[asyncio.Task] = field(default_factory=set)
     # Recent photos and mattes for the result buttons (built from the settings when not given).
     cache: MatteCache | None = None
     # Photos a button is working on (by photo id), and users whose last tap is still being handled.
@@ -82,13 +81,9 @@ class Services:
     def pending_slot(self, user_id: int) -> Iterator[None]:
         """Count a photo against its user's limit for the duration of the block, on every path."""
         self.pending[user_id] += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self.photo_tasks.add(task)
         try:
             yield
         finally:
-            self.photo_tasks.discard(task)
             self.pending[user_id] -= 1
             if self.pending[user_id] <= 0:
                 del self.pending[user_id]

@@ -221,6 +221,8 @@ class InferenceEngine:
         # Queued jobs in arrival order (dicts keep it), for each caller's place in line.
         self._waiting_jobs: dict[int, _Job] = {}
         self._recompose_pool: ThreadPoolExecutor | None = None
+        # Re-renders in progress (queued on or running in the pool), so that close() can wait for or end them.
+        self._recomposing: set[asyncio.Future] = set()
 
     def _start(self) -> None:
         if self._queue is not None:
@@ -323,7 +325,18 @@ class InferenceEngine:
         if self._closing:
             raise EngineClosedError("the engine is shutting down")
         self._start()
-        return await asyncio.get_running_loop().run_in_executor(self._recompose_pool, function, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._recompose_pool, function, *args)
+        self._recomposing.add(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # close() ended this re-render, not our caller: tell the caller as every photo is told.
+            task = asyncio.current_task()
+            if future.cancelled() and self._closing and (task is None or not task.cancelling()):
+                raise EngineClosedError("the engine shut down before this picture was rendered") from None
+            raise
+        finally:
+            self._recomposing.discard(future)
 
     def _decode_for(self, data: bytes, matte: np.ndarray) -> Image.Image:
         image = decode_image(data, max_pixels=self.config.max_pixels)
@@ -487,11 +500,18 @@ class InferenceEngine:
         if self._queue is None:
             self._closed = True
             return
+        deadline = asyncio.get_running_loop().time() + timeout
         # The event was set every time the engine went idle before: only what is outstanding now counts.
         self._drained.clear()
         self._notify_if_drained()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
+        # Re-renders take a moment: those under way get what is left of the time, then end like queued photos.
+        if self._recomposing:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(set(self._recomposing), timeout=remaining)
+            for future in list(self._recomposing):
+                future.cancel()
         self._closed = True  # from here a reserved place that submits is told the engine shut down
         while not self._queue.empty():
             job = self._queue.get_nowait()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from bot_fixtures import (
     make_settings,
     nobody_engine,
     running_bot,
+    start_bot,
+    stop_bot,
     tiny_photo,
 )
 from botapi_stub import BotApiStub, SentMessage
@@ -329,6 +333,60 @@ async def test_other_model_running_does_not_hold_the_users_other_taps(
         await botapi.wait_for(lambda: len(botapi.documents(361)) == 4, 20, "the other model's result")
         assert "unet" in botapi.documents(361)[3].caption
     assert_friendly(botapi, 361)
+
+
+async def test_a_tap_under_way_at_shutdown_is_told_the_bot_is_restarting(botapi: BotApiStub, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, botapi, shutdown_timeout=1.0)
+    engine = boxed_engine(settings)
+    application = await start_bot(settings, engine)
+    release = threading.Event()
+    try:
+        botapi.push_photo(371, tiny_photo(), (96, 64))
+        result = await first_result(botapi, 371)
+
+        def held_render(*args: object) -> bytes:
+            release.wait(30)
+            raise RuntimeError("released after the bot stopped")
+
+        engine._recompose_png = held_render
+        assert await tap(botapi, 371, result, buttons(result)[EN.BTN_WHITE]) == ""
+        await botapi.wait_for(lambda: engine._recomposing, 20, "the re-render to start")
+    finally:
+        started = time.monotonic()
+        try:
+            await stop_bot(application)
+        finally:
+            release.set()
+        stopping = time.monotonic() - started
+    assert stopping < 5, stopping  # bounded by the shutdown timeout, not by the held re-render
+    assert botapi.texts(371) == [EN.RESTARTING]
+    assert len(botapi.documents(371)) == 1
+    assert_friendly(botapi, 371)
+
+
+async def test_shutdown_ends_a_tap_still_running_at_the_bound(botapi: BotApiStub, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, botapi, shutdown_timeout=1.0)
+    engine = boxed_engine(settings)
+    application = await start_bot(settings, engine)
+    try:
+        botapi.push_photo(372, tiny_photo(), (96, 64))
+        result = await first_result(botapi, 372)
+        stuck = asyncio.Event()
+
+        async def stuck_render(*args: object) -> bytes:  # e.g. an upload that hangs: not the engine's to end
+            stuck.set()
+            await asyncio.sleep(30)
+            return b""
+
+        engine.recompose = stuck_render
+        assert await tap(botapi, 372, result, buttons(result)[EN.BTN_WHITE]) == ""
+        await asyncio.wait_for(stuck.wait(), 20)
+    finally:
+        started = time.monotonic()
+        await stop_bot(application)
+        stopping = time.monotonic() - started
+    assert stopping < 5, stopping
+    assert_friendly(botapi, 372)
 
 
 async def test_the_cache_evicts_by_bytes(botapi: BotApiStub, tmp_path: Path) -> None:

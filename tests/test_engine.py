@@ -367,6 +367,68 @@ async def test_close_is_bounded_while_an_inference_thread_is_still_busy(make_eng
     assert inference_threads and all(t.daemon for t in inference_threads)  # the interpreter will not wait
 
 
+def held_renders(engine: InferenceEngine) -> threading.Event:
+    """Make the engine's re-renders wait for the returned gate (then return b"png")."""
+    gate = threading.Event()
+
+    def held_render(data: bytes, matte: np.ndarray, look: object) -> bytes:
+        gate.wait(PATIENCE)
+        return b"png"
+
+    engine._recompose_png = held_render
+    return gate
+
+
+async def test_close_lets_re_renders_under_way_finish_within_its_timeout(make_engine) -> None:
+    from segmentation.engine import Look
+
+    engine, _ = make_engine(recompose_threads=1)
+    gate = held_renders(engine)
+    running = asyncio.ensure_future(engine.recompose(b"", np.zeros((2, 2), np.uint8), Look()))
+    queued = asyncio.ensure_future(engine.recompose(b"", np.zeros((2, 2), np.uint8), Look()))
+    await eventually(lambda: len(engine._recomposing) == 2)
+    closing = asyncio.ensure_future(engine.close(timeout=PATIENCE))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # no photos to wait for, but two re-renders
+    gate.set()
+    assert await asyncio.wait_for(running, PATIENCE) == b"png"
+    assert await asyncio.wait_for(queued, PATIENCE) == b"png"
+    await asyncio.wait_for(closing, PATIENCE)
+
+
+async def test_close_tells_re_renders_past_its_timeout_that_it_shut_down(make_engine) -> None:
+    from segmentation.engine import Look
+
+    engine, _ = make_engine(recompose_threads=1)
+    gate = held_renders(engine)
+    running = asyncio.ensure_future(engine.recompose(b"", np.zeros((2, 2), np.uint8), Look()))
+    queued = asyncio.ensure_future(engine.sticker(b"", np.zeros((2, 2), np.uint8)))
+    await eventually(lambda: len(engine._recomposing) == 2)
+    started = time.monotonic()
+    await asyncio.wait_for(engine.close(timeout=0.1), PATIENCE)
+    assert time.monotonic() - started < PATIENCE / 2
+    for render in (running, queued):  # an EngineClosedError each, not a bare CancelledError
+        with pytest.raises(EngineClosedError):
+            await asyncio.wait_for(render, PATIENCE)
+    gate.set()
+
+
+async def test_a_cancelled_caller_of_a_re_render_is_cancelled_not_told_shut_down(make_engine) -> None:
+    from segmentation.engine import Look
+
+    engine, _ = make_engine(recompose_threads=1)
+    gate = held_renders(engine)
+    caller = asyncio.ensure_future(engine.recompose(b"", np.zeros((2, 2), np.uint8), Look()))
+    await eventually(lambda: len(engine._recomposing) == 1)
+    closing = asyncio.ensure_future(engine.close(timeout=PATIENCE))
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(closing, PATIENCE)
+    assert not engine._recomposing
+    gate.set()
+
+
 async def test_start_sets_torch_threads_through_the_one_cpu_function(monkeypatch) -> None:
     import segmentation.engine as engine_module
 
