@@ -27,8 +27,10 @@ def _resize_long_side(image: torch.Tensor, mask: torch.Tensor, long_side: int) -
     scale = long_side / max(height, width)
     size = [max(8, round(height * scale)), max(8, round(width * scale))]
     image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST)
-    return image, mask
+    # Resampled as the photo is, then thresholded: NEAREST is not centre-aligned and put the mask about half
+    # a pixel down and right of its photo at every rescale.
+    scaled = TF.resize(mask.float(), size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return image, (scaled >= 0.5).to(mask.dtype)
 
 
 def synthetic_background(height: int, width: int) -> torch.Tensor:
@@ -91,12 +93,21 @@ class TrainAugment:
         )
 
     def __call__(
-        self, image: np.ndarray, mask: np.ndarray, partner_image: np.ndarray, partner_mask: np.ndarray
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        partner_image: np.ndarray,
+        partner_mask: np.ndarray,
+        *,
+        labels_everyone: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment one pair (HWC uint8 photo, HW 0/1 mask); return CHW uint8 photo and 1HW uint8 mask."""
+        """Augment one pair (HWC uint8 photo, HW 0/1 mask); return CHW uint8 photo and 1HW uint8 mask.
+
+        labels_everyone: the mask marks every person in the photo, so a crop outside it is person-free.
+        """
         image_t, mask_t = self.rescale(*as_tensors(image, mask))
         if self.negative_probability and random.random() < self.negative_probability:
-            image_t, mask_t = self._negative(image_t, mask_t)
+            image_t, mask_t = self._negative(image_t, mask_t, from_photo=labels_everyone)
         if random.random() < self.background_probability:
             alpha = _soft_alpha(mask_t)
             background = synthetic_background(*image_t.shape[-2:])
@@ -153,10 +164,12 @@ class TrainAugment:
         mask[:, y0:y1, x0:x1] = torch.maximum(mask[:, y0:y1, x0:x1], patch_mask)
         return image, mask
 
-    def _negative(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _negative(
+        self, image: torch.Tensor, mask: torch.Tensor, *, from_photo: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A crop of the photo's background that holds no person, or a synthetic texture; an empty mask."""
         height, width = image.shape[-2:]
-        for _ in range(25):
+        for _ in range(25 if from_photo else 0):
             side = min(height, width, max(16, round(min(height, width) * random.uniform(0.2, 0.7))))
             top, left = random.randint(0, height - side), random.randint(0, width - side)
             if not mask[:, top : top + side, left : left + side].any():

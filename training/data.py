@@ -15,6 +15,16 @@ class DatasetError(ValueError):
     """A dataset on disk is incomplete or inconsistent; the message names the file."""
 
 
+# Sets whose masks mark only the photo's subject: people behind a fashion shot or a portrait (pedestrians,
+# a crowd) are labelled background there, so what lies outside those masks is not person-free.
+SUBJECT_ONLY_SETS = frozenset({"people-ccp", "people-picsart", "people-portraits"})
+
+
+def labels_everyone(source: str) -> bool:
+    """Whether a set's masks mark every person in its photos, so that a region outside them holds nobody."""
+    return source not in SUBJECT_ONLY_SETS
+
+
 @dataclass(frozen=True)
 class PairPath:
     """Where one photo and its mask live, and which set they belong to."""

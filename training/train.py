@@ -34,7 +34,7 @@ from training.augment import as_tensors, build_augment
 from training.checkpoints import load_checkpoint, save_atomically
 from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
-from training.data import InMemoryPairs, pairs_for
+from training.data import InMemoryPairs, labels_everyone, pairs_for
 from training.losses import LOSSES
 from training.metrics import mean_scores, score_masks
 
@@ -109,6 +109,9 @@ class SeededSamples(Dataset):
         # Donors: photos whose people cover at least 1% of the frame (smaller ones cut out as specks).
         self.donors = [i for i, mask in enumerate(data.masks) if mask.mean() >= 0.01]
         self.empty = [i for i, mask in enumerate(data.masks) if not mask.any()]
+        # Backgrounds for composites: photos whose masks mark everyone (labels_everyone), so that a pasted
+        # person never stands beside an unlabelled one and a crop outside the mask is truly person-free.
+        self.backgrounds = [i for i, pair in enumerate(data.pairs) if labels_everyone(pair.source)]
         if composite_probability and not self.donors:
             raise ValueError("composites need photos with people in the training data")
 
@@ -126,7 +129,11 @@ class SeededSamples(Dataset):
             else:
                 partner = random.randrange(len(self.data))
                 sample = self.augment(
-                    self.data.images[index], self.data.masks[index], self.data.images[partner], self.data.masks[partner]
+                    self.data.images[index],
+                    self.data.masks[index],
+                    self.data.images[partner],
+                    self.data.masks[partner],
+                    labels_everyone=labels_everyone(self.data.pairs[index].source),
                 )
         random.setstate(state)
         return sample
@@ -139,9 +146,10 @@ class SeededSamples(Dataset):
             index = random.choice(self.empty)
             background, background_mask = as_tensors(images[index], masks[index])
         else:
-            index = random.randrange(len(self.data))
+            index = random.choice(self.backgrounds) if self.backgrounds else random.randrange(len(self.data))
             background, background_mask = as_tensors(images[index], masks[index])
-            crop = person_free_crop(background, background_mask) if choice < 0.75 else None
+            free = labels_everyone(self.data.pairs[index].source)
+            crop = person_free_crop(background, background_mask) if choice < 0.75 and free else None
             if crop is not None:
                 background, background_mask = (
                     crop,
