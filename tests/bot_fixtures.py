@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -121,6 +122,17 @@ async def stop_bot(application: Application) -> None:
     if application._initialized:  # shutdown() refuses to run twice
         await application.shutdown()
         await application.post_shutdown(application)
+
+
+async def seconds_to_stop(application: Application, release: threading.Event | None = None) -> float:
+    """Stop the bot as on SIGTERM and return how long it took; then set `release` (work the test held back)."""
+    started = time.monotonic()
+    try:
+        await stop_bot(application)
+    finally:
+        if release is not None:
+            release.set()
+    return time.monotonic() - started
 
 
 @asynccontextmanager

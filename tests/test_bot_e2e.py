@@ -28,9 +28,9 @@ from bot_fixtures import (
     make_settings,
     nobody_engine,
     running_bot,
+    seconds_to_stop,
     small_photo,
     start_bot,
-    stop_bot,
     weights_available,
 )
 from botapi_stub import BotApiStub
@@ -383,12 +383,7 @@ async def test_shutdown_in_the_middle_of_work(botapi: BotApiStub, tmp_path: Path
         botapi.push_photo(103, small_photo(2), (196, 300))
         await botapi.wait_for(lambda: engine.queue_depth == 2, 30, "two photos to queue")
     finally:
-        started = time.monotonic()
-        try:
-            await stop_bot(application)
-        finally:
-            release.set()
-        stopping = time.monotonic() - started
+        stopping = await seconds_to_stop(application, release)
     # Stopping is bounded by the shutdown timeout (plus the last long-poll and the replies), not by the work.
     assert stopping < 5, stopping
     for chat in (101, 102, 103):

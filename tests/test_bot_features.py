@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from bot_fixtures import (
     make_settings,
     nobody_engine,
     running_bot,
+    seconds_to_stop,
     start_bot,
-    stop_bot,
     tiny_photo,
 )
 from botapi_stub import BotApiStub, SentMessage
@@ -352,12 +351,7 @@ async def test_a_tap_under_way_at_shutdown_is_told_the_bot_is_restarting(botapi:
         assert await tap(botapi, 371, result, buttons(result)[EN.BTN_WHITE]) == ""
         await botapi.wait_for(lambda: engine._recomposing, 20, "the re-render to start")
     finally:
-        started = time.monotonic()
-        try:
-            await stop_bot(application)
-        finally:
-            release.set()
-        stopping = time.monotonic() - started
+        stopping = await seconds_to_stop(application, release)
     assert stopping < 5, stopping  # bounded by the shutdown timeout, not by the held re-render
     assert botapi.texts(371) == [EN.RESTARTING]
     assert len(botapi.documents(371)) == 1
@@ -382,9 +376,7 @@ async def test_shutdown_ends_a_tap_still_running_at_the_bound(botapi: BotApiStub
         assert await tap(botapi, 372, result, buttons(result)[EN.BTN_WHITE]) == ""
         await asyncio.wait_for(stuck.wait(), 20)
     finally:
-        started = time.monotonic()
-        await stop_bot(application)
-        stopping = time.monotonic() - started
+        stopping = await seconds_to_stop(application)
     assert stopping < 5, stopping
     assert_friendly(botapi, 372)
 
