@@ -41,7 +41,6 @@ class Services:
     # Photos each user has in progress (downloading, queued or running). The event loop is single-threaded,
     # so plain increments are race-free.
     pending: Counter[int] = field(default_factory=Counter)
-    # The handler tasks of accepted photos, so a shutdown past its bound can end them.
     # Recent photos and mattes for the result buttons (built from the settings when not given).
     cache: MatteCache | None = None
     # Photos a button is working on (by photo id), and users whose last tap is still being handled.
