@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from PIL import ImageColor
-
-from segmentation.effects import BLUR, TRANSPARENT, WHITE, Look
+from segmentation.effects import BLUR, TRANSPARENT, WHITE, Look, colour_rgb
 
 # Words for the three named backgrounds, in both languages (lower case).
 _NAMED = {
@@ -58,11 +56,8 @@ def parse_background(text: str) -> str | None:
         return _RUSSIAN_COLOURS[value]
     if re.fullmatch(r"[0-9a-f]{6}", value):  # "00ff00" without its hash
         value = "#" + value
-    try:
-        rgb = ImageColor.getrgb(value)[:3]
-    except ValueError:
-        return None
-    if not all(0 <= channel <= 255 for channel in rgb):  # Pillow passes "rgb(300,0,0)" through unclamped
+    rgb = colour_rgb(value)
+    if rgb is None:
         return None
     colour = "#{:02x}{:02x}{:02x}".format(*rgb)
     return WHITE if colour == "#ffffff" else colour

@@ -7,9 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
-from PIL import ImageColor
-
 from segmentation.decoding import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputImageError
+from segmentation.effects import colour_rgb
 from segmentation.models import MODEL_NAMES
 from segmentation.pipeline import remove_background
 from segmentation.predictor import Predictor
@@ -18,12 +17,8 @@ from segmentation.weights_io import WEIGHTS_DIR, WeightsError, read_card
 
 
 def _colour(text: str) -> tuple[int, int, int]:
-    try:
-        rgb = ImageColor.getrgb(text)[:3]
-    except ValueError:
-        rgb = (-1,)
-    # Pillow passes out-of-range values ("rgb(300,0,0)") through unclamped.
-    if not all(0 <= channel <= 255 for channel in rgb):
+    rgb = colour_rgb(text)
+    if rgb is None:
         raise argparse.ArgumentTypeError(f"not a colour: {text!r} (try white, #00ff00 or 'rgb(0,0,255)')")
     return rgb
 

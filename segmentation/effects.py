@@ -11,12 +11,25 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageColor, ImageFilter
 
 TRANSPARENT = "transparent"
 WHITE = "white"
 BLUR = "blur"
 _HEX_COLOUR = re.compile(r"#[0-9a-f]{6}")
+
+
+def colour_rgb(text: str) -> tuple[int, int, int] | None:
+    """A colour name or code ("navy", "#0f0", "rgb(1,2,3)") as (r, g, b), or None when it is not one.
+
+    Pillow passes out-of-range components ("rgb(300,0,0)") through unclamped: those are not colours either.
+    """
+    try:
+        rgb = ImageColor.getrgb(text)[:3]
+    except ValueError:
+        return None
+    return rgb if all(0 <= channel <= 255 for channel in rgb) else None
+
 
 # A matte value from which a pixel counts as person, for crops and stickers (half opacity).
 PERSON_THRESHOLD = 128
