@@ -517,7 +517,14 @@ def test_every_shipped_config_is_accepted() -> None:
     for path in paths:
         config = TrainConfig.from_toml(path)
         assert config.model in ("deeplab", "unet"), path
-        build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
+        build_augment(
+            config.augment,
+            config.crop_size,
+            config.inference_size,
+            config.scale_range,
+            closeup_probability=config.closeup_probability,
+            quarter_turn_probability=config.quarter_turn_probability,
+        )
         assert config.loss in LOSSES and config.optimizer in ("adam", "adamw"), path
 
 
@@ -805,6 +812,79 @@ def test_rescaling_keeps_the_mask_on_its_photo() -> None:
         image, mask = _resize_long_side(image, mask, after)
         disagree = int((mask[0].bool() != (image[0] >= 128)).sum())
         assert disagree <= 2, (before, after, disagree)  # a rounding tie at most, not a row or column
+
+
+def _plain_geometry(augment) -> None:
+    """Switch off what moves or recolours pixels at random, so one feature's geometry is all that is left."""
+    augment.photometric = lambda image: image
+    augment.colour = False
+    augment.dropout_probability = augment.negative_probability = augment.paste_probability = 0.0
+    augment.background_probability = augment.rotate_probability = augment.vflip_probability = 0.0
+
+
+def test_closeups_zoom_in_on_part_of_the_person() -> None:
+    augment = build_augment("strong", crop_size=48, base_side=96, scale_range=(1.0, 1.0), closeup_probability=1.0)
+    _plain_geometry(augment)
+    augment.closeup_part = (0.6, 0.6)  # 24 px of the photo in the 48 px crop: twice as large
+    # A person 40 px tall and 4 px wide in a 96 px photo: whole and 4 px wide in a crop at the usual scale.
+    photo, mask = np.full((96, 72, 3), 60, np.uint8), np.zeros((96, 72), np.uint8)
+    photo[28:68, 30:34], mask[28:68, 30:34] = PERSON_GREY, 1
+    for trial in range(12):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        image, crop_mask = augment(photo, mask, photo, mask)
+        assert image.shape == (3, 48, 48) and crop_mask.shape == (1, 48, 48)
+        rows = torch.nonzero(crop_mask[0].any(1)).flatten()
+        cols = torch.nonzero(crop_mask[0].any(0)).flatten()
+        assert rows.numel(), f"trial {trial}: the close-up missed the person"
+        # 24 px of the 40 px person: the crop's top or bottom edge always cuts the figure, twice as wide.
+        assert rows[0] == 0 or rows[-1] == 47, f"trial {trial}: the whole person fits the close-up"
+        assert int(cols[-1] - cols[0] + 1) in (7, 8, 9), f"trial {trial}: not zoomed in"
+        is_grey = ((image.int() - PERSON_GREY).abs() <= 2).all(0)
+        inside, outside = _interior(crop_mask[0], 2), _interior(1 - crop_mask[0], 3)
+        assert is_grey[inside].all() and not is_grey[outside].any(), f"trial {trial}: photo and mask apart"
+
+
+def test_closeups_of_a_small_figure_stop_at_the_largest_zoom() -> None:
+    augment = build_augment("strong", crop_size=48, base_side=96, scale_range=(1.0, 1.0), closeup_probability=1.0)
+    _plain_geometry(augment)
+    photo, mask = np.full((96, 96, 3), 60, np.uint8), np.zeros((96, 96), np.uint8)
+    photo[40:44, 50:54], mask[40:44, 50:54] = PERSON_GREY, 1  # 4 px: a figure in the distance
+    for trial in range(6):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        _, crop_mask = augment(photo, mask, photo, mask)
+        # At most 3x the usual scale (closeup_max_zoom): 12 px, not the 48 px a crop of its own box would give.
+        assert 10 <= int(crop_mask.sum() ** 0.5) <= 13, f"trial {trial}: {int(crop_mask.sum())} person pixels"
+
+
+def test_closeups_leave_photos_without_people_to_the_usual_path() -> None:
+    augment = build_augment("strong", crop_size=32, base_side=64, scale_range=(1.0, 1.0), closeup_probability=1.0)
+    _plain_geometry(augment)
+    random.seed(0)
+    image, mask = augment(
+        np.full((48, 64, 3), 60, np.uint8), np.zeros((48, 64), np.uint8), *_grey_person(40, 56, random.Random(1))
+    )
+    assert image.shape == (3, 32, 32) and not mask.any()
+
+
+def test_quarter_turns_lay_people_down() -> None:
+    augment = build_augment("strong", crop_size=64, base_side=64, scale_range=(1.0, 1.0), quarter_turn_probability=1.0)
+    _plain_geometry(augment)
+    photo, mask = np.full((64, 32, 3), 60, np.uint8), np.zeros((64, 32), np.uint8)
+    photo[8:56, 12:20], mask[8:56, 12:20] = PERSON_GREY, 1  # standing: 48 tall, 8 wide
+    for trial in range(6):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        image, turned = augment(photo, mask, photo, mask)
+        rows, cols = torch.nonzero(turned[0].any(1)).flatten(), torch.nonzero(turned[0].any(0)).flatten()
+        assert (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)) == (8, 48), f"trial {trial}"
+        assert (image[:, turned[0].bool()] == PERSON_GREY).all()
+
+
+def test_the_research_recipe_refuses_closeups_and_quarter_turns() -> None:
+    with pytest.raises(ValueError, match="research recipe"):
+        build_augment("research", 48, 64, (1.0, 1.0), closeup_probability=0.2)
 
 
 @pytest.mark.parametrize("recipe", ["strong", "research"])

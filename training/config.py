@@ -25,6 +25,8 @@ class TrainConfig:
     data_weights: dict[str, float] = field(default_factory=dict)
     composite_probability: float = 0.0  # share of samples that are composites (training/composite.py)
     augment: str = "strong"  # "strong" (ours) or "research" (crop, flips, rotation, channel shuffle, dropout)
+    closeup_probability: float = 0.0  # share of plain samples zoomed in on part of a person ("strong" only)
+    quarter_turn_probability: float = 0.0  # share of samples turned by 90 degrees: people lying down
     loss: str = "bce_dice"
     optimizer: str = "adamw"
     lr: float = 1e-3

@@ -540,7 +540,14 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         torch.manual_seed(config.seed * 1009 + ranks.rank)  # dropout masks of their own on each rank
     trained = DistributedDataParallel(model) if ranks.world > 1 else model
 
-    augment = build_augment(config.augment, config.crop_size, config.inference_size, config.scale_range)
+    augment = build_augment(
+        config.augment,
+        config.crop_size,
+        config.inference_size,
+        config.scale_range,
+        closeup_probability=config.closeup_probability,
+        quarter_turn_probability=config.quarter_turn_probability,
+    )
     weights = sampling_weights(train_data.pairs, config.data_weights)
     sampler = ResumableSampler(
         len(train_data), config.seed, start=step * samples_per_step, weights=weights, rank=ranks.rank, world=ranks.world
