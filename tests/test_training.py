@@ -38,7 +38,7 @@ from training.export import ExportError, build_card, dataset_entry, export
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
-from training.train import ResumableSampler, SeededSamples, limit_per_set, sampling_weights, train
+from training.train import ResumableSampler, SeededSamples, config_changes, limit_per_set, sampling_weights, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 PEOPLE_TRAIN_PAIRS = 902 + 1341 + 1289  # people-ccp, people-picsart, people-portraits train splits
@@ -200,6 +200,14 @@ def test_a_resumed_run_keeps_what_it_was_warm_started_from(people: Path, tmp_pat
     assert len(notes) == 2 and notes[0].endswith("lr: 0.001 -> 0.0123") and "peak lr" in notes[1]
     assert resumed.init_from == origin
     assert load_checkpoint(tmp_path / "warm" / "checkpoint.pt")["config"]["init_from"] == origin
+
+
+def test_a_setting_newer_than_the_checkpoint_counts_as_a_change_from_its_default() -> None:
+    saved = TrainConfig().to_dict()
+    del saved["closeup_probability"]  # a checkpoint written before the setting existed ran without close-ups
+    current = TrainConfig(closeup_probability=0.2, steps=5).to_dict()
+    assert config_changes(saved, current) == ["closeup_probability: 0.0 -> 0.2"]
+    assert config_changes(saved, TrainConfig(steps=5).to_dict()) == []
 
 
 def test_epochs_set_the_step_count_and_validation_runs_once_per_epoch(people: Path, tmp_path: Path) -> None:

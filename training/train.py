@@ -352,11 +352,15 @@ RESUMABLE_CHANGES = frozenset({"steps", "epochs", "out_dir", "threads", "init_fr
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What a resumed run's config changes from its checkpoint's, beyond its length and place ("key: old -> new")."""
+    """What a resumed run's config changes from its checkpoint's, beyond its length and place ("key: old -> new").
+
+    A key the checkpoint lacks (added to TrainConfig since) ran at its default, so a setting other than that counts.
+    """
+    defaults = TrainConfig().to_dict()
     changes = [
-        f"{key}: {saved.get(key)!r} -> {value!r}"
+        f"{key}: {before!r} -> {value!r}"
         for key, value in current.items()
-        if key not in RESUMABLE_CHANGES and saved.get(key, value) != value
+        if key not in RESUMABLE_CHANGES and (before := saved.get(key, defaults.get(key, value))) != value
     ]
     if any(change.startswith("lr:") for change in changes):
         changes.append("(the restored schedule keeps the checkpoint's peak lr; start a new run to change it)")
