@@ -216,6 +216,8 @@ def _failure(svc: Services, t: Texts, error: Exception, model: str) -> PhotoOutc
         return PhotoOutcome(Outcome.TOO_MANY_PIXELS, failure=t.too_many_pixels(error.pixels, error.limit))
     if isinstance(error, UnsupportedImageError):  # the header was fine, the pixels are damaged
         return PhotoOutcome(Outcome.UNSUPPORTED_IMAGE, failure=t.unreadable_image(str(error)))
+    if isinstance(error, QueueFullError):  # a Ray cluster's back-pressure, met after the place was reserved
+        return PhotoOutcome(Outcome.BUSY, failure=t.BUSY)
     if isinstance(error, RequestTimeoutError):
         return PhotoOutcome(Outcome.TIMEOUT, failure=t.TIMEOUT)
     if isinstance(error, EngineClosedError):

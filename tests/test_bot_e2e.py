@@ -39,6 +39,7 @@ from telegram.constants import FileSizeLimit
 from telegram.ext import Application
 
 from bot import texts
+from segmentation.engine import QueueFullError, Reservation
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_PART = TOKEN.partition(":")[2]
@@ -308,6 +309,27 @@ async def test_a_result_over_the_upload_limit_gets_its_own_answer(botapi: BotApi
         (reply,) = await botapi.wait_for(lambda: botapi.texts(72), 60, "the too-big answer")
         assert reply.startswith("The result is ") and reply.endswith("Please send a smaller photo.")
         assert not botapi.documents(72)
+
+
+async def test_a_full_cluster_after_the_place_was_taken_is_answered_as_busy(
+    botapi: BotApiStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Ray client admits up to its own bound, then Serve may refuse at submit time (fewer replicas up than
+    # the bound counts on): the user hears "busy", and /stats counts it so, not as our error.
+    async def cluster_full(self: Reservation, data: bytes, **options: object) -> None:
+        raise QueueFullError("the cluster is full: every replica is busy and its queue is full")
+
+    monkeypatch.setattr(Reservation, "submit", cluster_full)
+    settings = make_settings(tmp_path, botapi)
+    async with running_bot(settings, nobody_engine(settings)) as application:
+        botapi.push_photo(73, small_photo(), (196, 300))
+        await botapi.wait_for(lambda: answered(botapi, 73, 1), 30, "the answer")
+        assert final_texts(botapi, 73) == [texts.BUSY]
+        await wait_recorded(application, 1)
+        botapi.push_text(ADMIN_ID, "/stats", user_id=ADMIN_ID)
+        (report,) = await botapi.wait_for(lambda: botapi.texts(ADMIN_ID), 20, "/stats")
+    assert "queue full 1" in report, report
+    assert_friendly(botapi, 73)
 
 
 @needs_deeplab
