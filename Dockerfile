@@ -1,6 +1,7 @@
 # BackgroundRemover: one CPU-only image with the shipped weights inside, for every role.
 #   docker build -t bgremover .
-#   the bot alone:  docker run -d --name bgremover -e BOT_TOKEN=... -e BOT_ADMIN_IDS=1001 -v bgremover-data:/data bgremover
+#   the bot alone:  docker run -d --name bgremover --stop-timeout 30 -e BOT_TOKEN=... -e BOT_ADMIN_IDS=1001 \
+#                     -v bgremover-data:/data bgremover   (30 s: time for BOT_SHUTDOWN_TIMEOUT's drain)
 #   with a cluster: deploy/compose.yaml runs this image as the Ray head, the Ray workers and the bot.
 FROM python:3.11-slim
 

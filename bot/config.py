@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     ray_target_ongoing_requests: float = Field(default=2.0, gt=0)
     # Photos one replica works on at once, and photos that may wait for a replica before "busy" is answered.
     ray_max_ongoing_requests: int = Field(default=4, ge=1)
-    ray_max_queued_requests: int = Field(default=32, ge=0)
+    ray_max_queued_requests: int = Field(default=32, ge=1)  # Serve refuses 0
     # Photos whose network pass is shared (1: no batching), and how long a replica waits to fill a batch.
     ray_batch_size: int = Field(default=4, ge=1)
     ray_batch_wait_s: float = Field(default=0.01, ge=0)
