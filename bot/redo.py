@@ -25,7 +25,7 @@ from bot.photos import record, run_admitted, take_place
 from bot.services import Services, services
 from bot.texts import Texts
 from segmentation.effects import Look
-from segmentation.engine import EngineClosedError
+from segmentation.engine import EngineClosedError, RequestTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ async def _act(
             await _other_model(svc, t, context, chat_id, user_id, action.look, photo)
     except EngineClosedError:
         await bot.send_message(chat_id, t.RESTARTING)
+    except RequestTimeoutError:  # a replica that never answered (the in-process engine has no such bound)
+        await bot.send_message(chat_id, t.TIMEOUT)
     except TelegramError as error:
         # The tap was answered already, so the error handler's answer would be refused and the user would hear
         # nothing: log it and say so in the chat (best-effort: Telegram itself may be what failed).

@@ -82,6 +82,8 @@ class ServingConfig:
     fast: bool | None = None  # bf16 + channels_last; None: where the replica's CPU supports bf16
     # Places this client holds at once (reserved for a download, or on the cluster); beyond it QueueFullError.
     pending_limit: int = 64
+    # Seconds a re-render (another look, a sticker) may take on a replica before RequestTimeoutError.
+    render_timeout_s: float = 120.0
 
     @classmethod
     def from_bot_settings(cls, settings: Any) -> ServingConfig:
@@ -97,6 +99,7 @@ class ServingConfig:
             batch_wait_s=settings.ray_batch_wait_s,
             max_pixels=settings.max_pixels,
             pending_limit=settings.queue_size + settings.ray_max_replicas * settings.ray_max_ongoing_requests,
+            render_timeout_s=settings.request_timeout,
         )
 
 
@@ -348,6 +351,7 @@ class RayServeEngine:
         self._closed = False
         self._reserved = 0
         self._calls: dict[int, asyncio.Future] = {}  # ticket -> the abort future of a call on the cluster
+        self._renders: set[asyncio.Future] = set()  # the abort futures of re-renders on the cluster
         self._tickets = 0
         self._drained: asyncio.Event | None = None
         self._completed = 0
@@ -510,13 +514,30 @@ class RayServeEngine:
 
     async def recompose(self, data: bytes, matte: np.ndarray, look: Look) -> bytes:
         """A photo already seen, rendered in another Look on a replica (no network)."""
-        self._check_open()
-        return await self._call("recompose", data, matte, look)
+        return await self._render("recompose", data, matte, look)
 
     async def sticker(self, data: bytes, matte: np.ndarray) -> bytes | None:
         """A 512 px WEBP sticker of a photo already seen, made on a replica; None when nobody is in it."""
+        return await self._render("sticker", data, matte)
+
+    async def _render(self, method: str, *args: Any) -> Any:
+        """A re-render on a replica, bounded like a photo: render_timeout_s, then close()'s time left."""
         self._check_open()
-        return await self._call("sticker", data, matte)
+        abort = asyncio.get_running_loop().create_future()  # close() fails it when the bound is reached
+        self._renders.add(abort)
+        call = asyncio.ensure_future(self._call(method, *args))
+        try:
+            timeout = self.config.render_timeout_s
+            done, _ = await asyncio.wait({call, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if call in done:
+                return call.result()
+            if abort in done:
+                raise EngineClosedError("the engine shut down before this picture was rendered")
+            raise RequestTimeoutError(f"no picture within {timeout:g} s")
+        finally:
+            call.cancel()  # a no-op when it finished; otherwise the request is cancelled on the cluster too
+            self._renders.discard(abort)
+            self._notify_if_drained()
 
     async def replica_stats(self) -> dict[str, Any]:
         """One replica's view (photos at its network stage, recent batch sizes); it takes one of its ongoing slots."""
@@ -528,7 +549,7 @@ class RayServeEngine:
             raise EngineClosedError("the engine is shutting down")
 
     def _notify_if_drained(self) -> None:
-        if self._drained is not None and self._reserved + len(self._calls) == 0:
+        if self._drained is not None and self._reserved + len(self._calls) + len(self._renders) == 0:
             self._drained.set()
 
     def stats(self) -> dict[str, Any]:
@@ -570,7 +591,7 @@ class RayServeEngine:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
         self._closed = True
-        for abort in list(self._calls.values()):
+        for abort in [*self._calls.values(), *self._renders]:
             if not abort.done():
                 abort.set_result(None)
 

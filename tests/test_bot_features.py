@@ -28,6 +28,7 @@ from PIL import Image
 
 from bot import looks, redo, texts
 from segmentation.effects import WHITE, Look
+from segmentation.engine_api import RequestTimeoutError
 
 SECRET_PART = TOKEN.partition(":")[2]
 RU = texts.for_language("ru")
@@ -515,6 +516,24 @@ async def test_a_failing_re_render_is_apologised_for_without_details(
     assert botapi.texts(421) == [EN.GENERIC_ERROR]
     assert "the render farm is on fire" in caplog.text  # logged for us, never shown to the user
     assert_friendly(botapi, 421)
+
+
+async def test_a_re_render_that_times_out_gets_the_timeout_answer(botapi: BotApiStub, tmp_path: Path) -> None:
+    # The Ray engine bounds a re-render by BOT_REQUEST_TIMEOUT (a replica that never answers).
+    settings = make_settings(tmp_path, botapi)
+    engine = boxed_engine(settings)
+
+    async def never_answered(*args: object) -> bytes:
+        raise RequestTimeoutError("no picture within 120 s")
+
+    async with running_bot(settings, engine):
+        botapi.push_photo(422, tiny_photo(), (96, 64))
+        result = await first_result(botapi, 422)
+        engine.sticker = never_answered
+        assert await tap(botapi, 422, result, buttons(result)[EN.BTN_STICKER]) == ""
+        await botapi.wait_for(lambda: botapi.texts(422), 20, "the answer")
+    assert botapi.texts(422) == [EN.TIMEOUT]
+    assert_friendly(botapi, 422)
 
 
 async def test_other_model_counts_against_the_users_pending_limit(botapi: BotApiStub, tmp_path: Path) -> None:

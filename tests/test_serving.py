@@ -349,3 +349,75 @@ async def test_photos_waiting_for_the_network_share_one_forward_pass(make_engine
     assert [result.width for result in results] == [48] * 4
     assert gate.started() == 2  # two forward passes for four photos
     assert (await engine.replica_stats())["batch_sizes"] == [1, 3]
+
+
+class HeldResponse:
+    """A Serve response that never arrives unless the test resolves it; records being cancelled."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+
+    def __await__(self):
+        return self.answer.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class HeldHandle:
+    """Stands in for the application's handle: every method call returns a HeldResponse."""
+
+    def __init__(self) -> None:
+        self.responses: list[HeldResponse] = []
+
+    def __getattr__(self, method: str) -> Any:
+        handle = self
+
+        class Method:
+            def remote(self, *args: Any) -> HeldResponse:
+                response = HeldResponse()
+                handle.responses.append(response)
+                return response
+
+        return Method()
+
+
+async def held_ray_client(render_timeout_s: float = PATIENCE) -> tuple[Any, HeldHandle]:
+    """The Ray client's own logic over a handle whose replies the test controls (no cluster)."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    from segmentation.serving import RayServeEngine, ServingConfig
+
+    engine = RayServeEngine(ServingConfig(render_timeout_s=render_timeout_s))
+    handle = HeldHandle()
+    engine._handle, engine._drained = handle, asyncio.Event()  # what start() sets after connecting
+    return engine, handle
+
+
+async def test_ray_rerenders_get_the_time_left_at_shutdown_then_restarting() -> None:
+    engine, handle = await held_ray_client()
+    matte = np.zeros((36, 48), np.uint8)
+    finishing = asyncio.ensure_future(engine.recompose(photo(), matte, Look()))
+    stuck = asyncio.ensure_future(engine.sticker(photo(), matte))
+    await eventually(lambda: len(handle.responses) == 2)
+    closing = asyncio.ensure_future(engine.close(timeout=0.5))
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # the drain waits for the re-renders on the cluster
+    handle.responses[0].answer.set_result(("ok", b"png"))
+    assert await finishing == b"png"
+    started = time.monotonic()
+    await asyncio.wait_for(closing, PATIENCE)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(EngineClosedError):
+        await stuck
+    await eventually(lambda: handle.responses[1].cancelled)  # cancelled on the cluster too, not left running
+    with pytest.raises(EngineClosedError):
+        await engine.sticker(photo(), matte)
+
+
+async def test_a_ray_rerender_past_its_bound_times_out_and_is_cancelled() -> None:
+    engine, handle = await held_ray_client(render_timeout_s=0.2)
+    with pytest.raises(RequestTimeoutError):
+        await asyncio.wait_for(engine.recompose(photo(), np.zeros((36, 48), np.uint8), Look()), PATIENCE)
+    await eventually(lambda: handle.responses[0].cancelled)
+    await asyncio.wait_for(engine.close(timeout=5), PATIENCE)  # nothing outstanding: returns at once
