@@ -79,7 +79,7 @@ def main() -> None:
             times = stage_times(predictor, data, args.runs)
             print(f"{name:8} {label:10} " + " ".join(f"{times[s]:8.3f}" for s in STAGES))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory with both models loaded: {peak_mb:.0f} MB")
+    print(f"\npeak resident memory over the run (both models loaded, photos up to 4000x3000): {peak_mb:.0f} MB")
     for name in MODEL_NAMES:
         rate = asyncio.run(throughput(args.weights_dir, name, photos["1280x960"]))
         print(f"engine throughput, {name}, 1280x960, 8 concurrent submits: {rate:.0f} photos/minute")

@@ -7,7 +7,7 @@ Prints:
   interpreter (model loaded and warmed up first, then the peak is reset, so the figure is what the photo adds);
 - resident memory after 100 and after 1,000 small photos through the engine (20 and 100 with --quick);
 - a burst of 3x the queue size through the bot (one photo per user) against the local Bot API stand-in of the
-  tests, counting the answers: PNG, busy, or nothing;
+  tests, counting the answers: PNG, busy, another answer (timeout, apology, restarting), or nothing at all;
 - the time of /stats' store query at a million request rows.
 A script that prints figures, not a test: nothing here asserts.
 """
@@ -145,6 +145,8 @@ async def burst_through_the_bot(args: argparse.Namespace, queue_size: int) -> di
                 await asyncio.sleep(0.5)  # any late extra message shows up now
             png = sum(1 for chat in chats if stub.documents(chat))
             busy = sum(1 for chat in chats if texts.BUSY in stub.texts(chat))
+            # Any other final answer (a timeout, an apology, "restarting"): an answer, but not one hoped for.
+            other = sum(1 for chat in chats if final(chat) and not stub.documents(chat)) - busy
             in_line = sum(
                 1
                 for chat in chats
@@ -158,7 +160,8 @@ async def burst_through_the_bot(args: argparse.Namespace, queue_size: int) -> di
         "photos": photos,
         "png": png,
         "busy": busy,
-        "nothing": photos - png - busy,
+        "other": other,
+        "nothing": photos - png - busy - other,
         "in_line_messages": in_line,
         "downloads": downloads,
         "seconds": seconds,
@@ -255,7 +258,8 @@ def main() -> None:
     burst = asyncio.run(burst_through_the_bot(args, queue_size))
     print(
         f"burst of {burst['photos']} photos (3x queue {queue_size}) through the bot: {burst['png']} PNG, "
-        f"{burst['busy']} busy, {burst['nothing']} nothing; {burst['in_line_messages']} place-in-line messages, "
+        f"{burst['busy']} busy, {burst['other']} other answers, {burst['nothing']} nothing; "
+        f"{burst['in_line_messages']} place-in-line messages, "
         f"{burst['downloads']} downloads, {burst['seconds']:.1f} s"
     )
 

@@ -344,10 +344,19 @@ def test_rendering_in_place_gives_the_same_png_and_spares_a_copy(options: Render
     image, truth = scene(64, 48)
     alpha = np.where(truth, 255, 0).astype(np.uint8)
     alpha[10:20] = 100  # some semi-transparency
-    expected = compose_png(image, alpha, options)
     original = np.asarray(image).copy()
+    expected = compose_png(image, alpha, options)
     np.testing.assert_array_equal(np.asarray(image), original)  # without in_place the photo is untouched
     assert compose_png(image, alpha, options, in_place=True) == expected
+    # In place, the photo's own pixels became the result (no full-size copy was made); a mask needs no photo.
+    rendered = np.asarray(image)[..., :3]
+    if options.mask_only:
+        np.testing.assert_array_equal(rendered, original)
+    else:
+        assert not np.array_equal(rendered, original)
+        background = ~truth & (alpha == 0)
+        fill = options.background or (0, 0, 0)
+        assert (rendered[background] == fill).all()
 
 
 def _unsure_scene() -> tuple[Image.Image, np.ndarray, np.ndarray]:
