@@ -366,11 +366,15 @@ async def test_shutdown_ends_a_tap_still_running_at_the_bound(botapi: BotApiStub
     try:
         botapi.push_photo(372, tiny_photo(), (96, 64))
         result = await first_result(botapi, 372)
-        stuck = asyncio.Event()
+        stuck, ended = asyncio.Event(), asyncio.Event()
 
         async def stuck_render(*args: object) -> bytes:  # e.g. an upload that hangs: not the engine's to end
             stuck.set()
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                ended.set()
+                raise
             return b""
 
         engine.recompose = stuck_render
@@ -379,6 +383,7 @@ async def test_shutdown_ends_a_tap_still_running_at_the_bound(botapi: BotApiStub
     finally:
         stopping = await seconds_to_stop(application)
     assert stopping < 5, stopping
+    assert ended.is_set()  # the tap was ended at the bound, not left running past the stop
     assert_friendly(botapi, 372)
 
 

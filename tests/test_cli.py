@@ -75,8 +75,13 @@ def test_several_files_into_an_existing_folder(random_weights_dir: Path, tmp_pat
 def test_mask_only_writes_a_greyscale_mask(random_weights_dir: Path, photo: Path, tmp_path: Path) -> None:
     out = tmp_path / "mask.png"
     assert run(random_weights_dir, "remove", photo, "-o", out, "--mask-only") == 0
-    with Image.open(out) as mask:
+    cutout = tmp_path / "cutout.png"
+    assert run(random_weights_dir, "remove", photo, "-o", cutout) == 0
+    with Image.open(out) as mask, Image.open(cutout) as rgba:
         assert (mask.mode, mask.size) == ("L", (200, 300))
+        # The mask is the cut-out's own alpha: the same matte, written alone.
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(rgba)[..., 3])
+        assert len(np.unique(np.asarray(mask))) > 1
 
 
 def test_hard_mask_is_binary(random_weights_dir: Path, photo: Path, tmp_path: Path) -> None:

@@ -87,6 +87,11 @@ def test_render_png_in_every_look(look: Look, mode: str, size: tuple[int, int]) 
     image, matte = scene()
     png = Image.open(io.BytesIO(effects.render_png(image, matte, look)))
     assert png.format == "PNG" and png.mode == mode and png.size == size
+    # The file holds exactly the rendered look, pixel for pixel (PNG is lossless).
+    np.testing.assert_array_equal(np.asarray(png), np.asarray(effects.render(image, matte, look)))
+    corner = {TRANSPARENT: (0, 0, 0, 0), WHITE: (255, 255, 255), "#00ff00": (0, 255, 0)}.get(look.background)
+    if corner is not None:  # the corner is background: the look's own fill, not the photo
+        assert png.getpixel((0, 0)) == corner
 
 
 def test_look_refuses_unknown_backgrounds() -> None:

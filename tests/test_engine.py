@@ -140,11 +140,13 @@ async def test_timeout_raises_and_a_timed_out_job_is_skipped(make_engine) -> Non
 
 async def test_timeout_of_a_running_job_leaves_the_engine_working(make_engine) -> None:
     engine, net = make_engine(open_gate=False)
+    held = asyncio.create_task(engine.submit(photo(seed=1), timeout=3.0))
+    await eventually(lambda: net.calls == 1)  # it reached the network: it times out running, not queued
     with pytest.raises(RequestTimeoutError):
-        await engine.submit(photo(seed=1), timeout=0.1)
+        await asyncio.wait_for(held, PATIENCE)
     net.gate.set()
     result = await asyncio.wait_for(engine.submit(photo(seed=2)), PATIENCE)
-    assert result.width == 48
+    assert result.width == 48 and net.calls == 2
     await eventually(lambda: engine.in_flight == 0)
 
 

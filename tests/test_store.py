@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +45,16 @@ def test_store_settings_and_stats_persist(tmp_path: Path) -> None:
     assert stats.distinct_chats == 4  # 1, 2 (settings only), 3, 4
 
 
-async def test_async_store_runs_off_the_loop(tmp_path: Path) -> None:
+async def test_async_store_runs_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: dict[str, set[str]] = {}
+    for name in ("set_model", "record", "get_model", "stats"):
+        method = getattr(Store, name)
+
+        def on_thread(*args: object, _method=method, _name=name, **kwargs: object) -> object:
+            threads.setdefault(_name, set()).add(threading.current_thread().name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(Store, name, on_thread)
     store = AsyncStore(tmp_path / "nested")
     await store.open()
     await store.set_model(7, "unet")
@@ -53,6 +63,10 @@ async def test_async_store_runs_off_the_loop(tmp_path: Path) -> None:
     assert (await store.stats()).total == 1
     await store.close()
     assert (tmp_path / "nested" / "bot.sqlite3").is_file()
+    # Writes and settings on the store's thread, /stats' long reads on its own, none on the event loop's.
+    writer = {name for key, names in threads.items() if key != "stats" for name in names}
+    assert len(writer) == 1 and writer.pop().startswith("bot-store")
+    assert len(threads["stats"]) == 1 and threads["stats"].pop().startswith("bot-stats")
 
 
 def test_percentiles_are_numpys() -> None:
