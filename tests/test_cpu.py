@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,10 +130,19 @@ def test_the_bf16_timing_reports_its_figures_and_leaves_the_random_stream_alone(
 
 
 def test_the_bf16_setting_is_read_without_timing_or_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_timing() -> bool:
+        raise AssertionError("reading the setting timed bf16")
+
+    monkeypatch.setattr(cpu, "bf16_measured_faster", no_timing)
     monkeypatch.delenv(BF16_VARIABLE, raising=False)
     assert bf16_setting() is None
     monkeypatch.setenv(BF16_VARIABLE, "yes")
     assert bf16_setting() is True
+    # The bot reads it at start-up before any network loads: in a fresh interpreter torch stays unimported.
+    probe = "import sys; from segmentation.cpu import bf16_setting; print(bf16_setting(), 'torch' in sys.modules)"
+    environment = {**os.environ, BF16_VARIABLE: "0"}
+    shown = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == ["False", "False"]
 
 
 def test_a_bf16_setting_that_is_not_a_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
