@@ -33,6 +33,7 @@ from segmentation.engine_api import (
     ReplicaFailedError,
     RequestTimeoutError,
 )
+from segmentation.pipeline import remove_background
 from segmentation.predictor import Predictor
 from segmentation.weights_io import ModelCard
 
@@ -197,6 +198,16 @@ async def test_same_result_as_the_local_engine(
     assert isinstance(result, CutoutResult)
     assert np.array_equal(result.matte, expected.matte)
     assert result.png == expected.png and plain.png == expected_plain.png
+    # And both are the photo's path without any engine: decode, network, refine, encode, on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        direct = remove_background(
+            sample_photo_bytes, Predictor.from_weights("deeplab", random_weights_dir, fast=False)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert plain.png == direct.png
     assert (result.width, result.height, result.model, result.person_found) == (
         expected.width,
         expected.height,
