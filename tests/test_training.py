@@ -498,14 +498,28 @@ def test_main_appends_each_command_line(people: Path, tmp_path: Path) -> None:
     assert lines[1].endswith("--resume")
 
 
-def test_seed_on_the_command_line_gives_a_continuation_its_own_sample_stream(people: Path, tmp_path: Path) -> None:
+def test_seed_on_the_command_line_gives_a_continuation_its_own_sample_stream(
+    people: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each warm-started continuation of a config needs its own seed, or it replays the last run's samples."""
-    out_dir = tmp_path / "run"
-    path = toml_config(tiny_config(people, out_dir, steps=1, eval_every=100), tmp_path / "tiny.toml")
-    train_module.main([str(path), "--seed", "18"])
-    assert load_checkpoint(out_dir / "checkpoint.pt")["config"]["seed"] == 18
-    first, continuation = (ResumableSampler(size=50, seed=seed) for seed in (0, 18))
-    assert list(zip(first, range(20), strict=False)) != list(zip(continuation, range(20), strict=False))
+    drawn: list[tuple[int, int]] = []  # (photo, augmentation seed) of every sample the runs draw
+    original = SeededSamples.__getitem__
+
+    def recording(self: SeededSamples, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn.append(tuple(item))
+        return original(self, item)
+
+    monkeypatch.setattr(SeededSamples, "__getitem__", recording)
+    streams = {}
+    for name, arguments in [("config", []), ("again", []), ("continuation", ["--seed", "18"])]:
+        out_dir = tmp_path / name
+        path = toml_config(tiny_config(people, out_dir, steps=2, eval_every=100), tmp_path / f"{name}.toml")
+        drawn.clear()
+        train_module.main([str(path), *arguments])
+        streams[name] = list(drawn)
+    assert load_checkpoint(tmp_path / "continuation" / "checkpoint.pt")["config"]["seed"] == 18
+    assert len(streams["config"]) == 4 and streams["again"] == streams["config"]  # a seed replays its samples
+    assert streams["continuation"] != streams["config"]
 
 
 def test_steps_on_the_command_line_win_over_epochs_in_the_config(people: Path, tmp_path: Path) -> None:
