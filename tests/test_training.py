@@ -38,7 +38,15 @@ from training.export import ExportError, build_card, dataset_entry, export
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
-from training.train import ResumableSampler, SeededSamples, config_changes, limit_per_set, sampling_weights, train
+from training.train import (
+    ResumableSampler,
+    SeededSamples,
+    augment_for,
+    config_changes,
+    limit_per_set,
+    sampling_weights,
+    train,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 PEOPLE_TRAIN_PAIRS = 902 + 1341 + 1289  # people-ccp, people-picsart, people-portraits train splits
@@ -539,14 +547,7 @@ def test_every_shipped_config_is_accepted() -> None:
     for path in paths:
         config = TrainConfig.from_toml(path)
         assert config.model in ("deeplab", "unet"), path
-        build_augment(
-            config.augment,
-            config.crop_size,
-            config.inference_size,
-            config.scale_range,
-            closeup_probability=config.closeup_probability,
-            quarter_turn_probability=config.quarter_turn_probability,
-        )
+        augment_for(config)
         assert config.loss in LOSSES and config.optimizer in ("adam", "adamw"), path
 
 

@@ -30,7 +30,7 @@ from segmentation.cpu import prefers_channels_last, use_bf16
 from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_state
-from training.augment import as_tensors, build_augment
+from training.augment import TrainAugment, as_tensors, build_augment
 from training.checkpoints import load_checkpoint, save_atomically
 from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
@@ -159,6 +159,18 @@ class SeededSamples(Dataset):
         donors = [cut_out(images[i], masks[i]) for i in random.choices(self.donors, k=people_count())]
         image, mask = self.compositor(background, background_mask, [d for d in donors if d is not None])
         return self.augment.finish(image, mask)
+
+
+def augment_for(config: TrainConfig) -> TrainAugment:
+    """The sample augmentation a config asks for."""
+    return build_augment(
+        config.augment,
+        config.crop_size,
+        config.inference_size,
+        config.scale_range,
+        closeup_probability=config.closeup_probability,
+        quarter_turn_probability=config.quarter_turn_probability,
+    )
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -544,14 +556,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         torch.manual_seed(config.seed * 1009 + ranks.rank)  # dropout masks of their own on each rank
     trained = DistributedDataParallel(model) if ranks.world > 1 else model
 
-    augment = build_augment(
-        config.augment,
-        config.crop_size,
-        config.inference_size,
-        config.scale_range,
-        closeup_probability=config.closeup_probability,
-        quarter_turn_probability=config.quarter_turn_probability,
-    )
+    augment = augment_for(config)
     weights = sampling_weights(train_data.pairs, config.data_weights)
     sampler = ResumableSampler(
         len(train_data), config.seed, start=step * samples_per_step, weights=weights, rank=ranks.rank, world=ranks.world
