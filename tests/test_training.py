@@ -881,6 +881,18 @@ def test_closeups_of_a_small_figure_stop_at_the_largest_zoom() -> None:
         assert 10 <= int(crop_mask.sum() ** 0.5) <= 13, f"trial {trial}: {int(crop_mask.sum())} person pixels"
 
 
+def test_a_photo_too_thin_for_a_closeup_takes_the_usual_path() -> None:
+    augment = build_augment("strong", crop_size=48, base_side=96, scale_range=(1.0, 1.0), closeup_probability=1.0)
+    _plain_geometry(augment)
+    # 10 x 90: a 48 px crop of its short side would be 4.8x the usual scale, past the 3x cap.
+    photo, mask = np.full((10, 90, 3), 60, np.uint8), np.zeros((10, 90), np.uint8)
+    photo[2:8, 40:46], mask[2:8, 40:46] = PERSON_GREY, 1
+    random.seed(0)
+    image, _ = augment(photo, mask, photo, mask)
+    padded = (image == torch.tensor(MEAN_RGB, dtype=torch.uint8)[:, None, None]).all(0)
+    assert padded.float().mean() > 0.5  # the whole strip, rescaled and padded: not a zoomed-in window of it
+
+
 def test_closeups_leave_photos_without_people_to_the_usual_path() -> None:
     augment = build_augment("strong", crop_size=32, base_side=64, scale_range=(1.0, 1.0), closeup_probability=1.0)
     _plain_geometry(augment)
@@ -894,20 +906,37 @@ def test_closeups_leave_photos_without_people_to_the_usual_path() -> None:
 def test_quarter_turns_lay_people_down() -> None:
     augment = build_augment("strong", crop_size=64, base_side=64, scale_range=(1.0, 1.0), quarter_turn_probability=1.0)
     _plain_geometry(augment)
+    augment.hflip_probability = 0.0  # a mirror image is a fair sample too, but not what is checked here
+    # Standing, 48 tall and 8 wide, off-centre: turned one way or the other, photo and mask must agree.
     photo, mask = np.full((64, 32, 3), 60, np.uint8), np.zeros((64, 32), np.uint8)
-    photo[8:56, 12:20], mask[8:56, 12:20] = PERSON_GREY, 1  # standing: 48 tall, 8 wide
+    photo[4:52, 4:12], mask[4:52, 4:12] = PERSON_GREY, 1
+    photo[60:, 28:] = 10  # a dark mark in one corner, not a person
     for trial in range(6):
         random.seed(trial)
         torch.manual_seed(trial)
         image, turned = augment(photo, mask, photo, mask)
         rows, cols = torch.nonzero(turned[0].any(1)).flatten(), torch.nonzero(turned[0].any(0)).flatten()
         assert (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)) == (8, 48), f"trial {trial}"
-        assert (image[:, turned[0].bool()] == PERSON_GREY).all()
+        assert torch.equal((image == PERSON_GREY).all(0), turned[0].bool()), f"trial {trial}: photo and mask apart"
+        # The mark and the person keep their places relative to each other (the photo turned, not mirrored).
+        mark = torch.nonzero((image == 10).all(0)).float().mean(0)
+        person = torch.nonzero(turned[0]).float().mean(0)
+        turned_photo = torch.from_numpy(photo).permute(2, 0, 1)
+        for turns in (1, 3):
+            expected = turned_photo.rot90(turns, (-2, -1))
+            e_mark = torch.nonzero((expected == 10).all(0)).float().mean(0)
+            e_person = torch.nonzero((expected == PERSON_GREY).all(0)).float().mean(0)
+            if torch.allclose(mark - person, e_mark - e_person):
+                break
+        else:
+            raise AssertionError(f"trial {trial}: not a quarter turn of the photo")
 
 
 def test_the_research_recipe_refuses_closeups_and_quarter_turns() -> None:
     with pytest.raises(ValueError, match="research recipe"):
         build_augment("research", 48, 64, (1.0, 1.0), closeup_probability=0.2)
+    with pytest.raises(ValueError, match="research recipe"):
+        build_augment("research", 48, 64, (1.0, 1.0), quarter_turn_probability=0.1)
 
 
 @pytest.mark.parametrize("recipe", ["strong", "research"])

@@ -114,7 +114,9 @@ class TrainAugment:
         """
         image_t, mask_t = as_tensors(image, mask)
         if self.closeup_probability and mask_t.any() and random.random() < self.closeup_probability:
-            return self.finish(*self._closeup(image_t, mask_t))
+            closeup = self._closeup(image_t, mask_t)
+            if closeup is not None:
+                return self.finish(*closeup)
         image_t, mask_t = self.rescale(image_t, mask_t)
         if self.negative_probability and random.random() < self.negative_probability:
             image_t, mask_t = self._negative(image_t, mask_t, from_photo=labels_everyone)
@@ -153,13 +155,18 @@ class TrainAugment:
             image_t = self._coarse_dropout(image_t)
         return image_t, mask_t
 
-    def _closeup(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A square crop of closeup_part of the people's box around one of their pixels, at crop_size (CHW, 1HW)."""
+    def _closeup(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A square crop of closeup_part of the people's box around one of their pixels, at crop_size (CHW, 1HW).
+
+        None for a photo so long and thin that even its short side would be zoomed past closeup_max_zoom.
+        """
         height, width = image.shape[-2:]
         rows, cols = torch.nonzero(mask[0], as_tuple=True)
         box_side = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
         # Never more than closeup_max_zoom times the usual scale: past it, the in-memory photo is upsampled to mush.
         least = self.crop_size * max(height, width) / (self.base_side * self.closeup_max_zoom)
+        if least > min(height, width):
+            return None
         window = round(max(least, 8, box_side * random.uniform(*self.closeup_part)))
         window = min(window, height, width)
         pick = random.randrange(len(rows))
