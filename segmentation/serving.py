@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
@@ -469,20 +469,14 @@ class RayServeEngine:
         abort = asyncio.get_running_loop().create_future()  # close() fails it when the bound is reached
         self._calls[ticket] = abort
         started = time.perf_counter()
-        call = asyncio.ensure_future(self._call("remove", data, model, options, look))
         try:
-            done, _ = await asyncio.wait({call, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if call in done:
-                result: RemovalResult = call.result()
-            elif abort in done:
-                raise EngineClosedError("the engine shut down while this photo was processed")
-            else:
-                raise RequestTimeoutError(f"no result within {timeout:g} s")
+            result: RemovalResult = await self._bounded(
+                self._call("remove", data, model, options, look), abort, timeout, "result", "this photo was processed"
+            )
         except (QueueFullError, EngineClosedError, RequestTimeoutError, ReplicaFailedError, ValueError):
             self._failed += 1
             raise
         finally:
-            call.cancel()  # a no-op when it finished; otherwise the request is cancelled on the cluster too
             self._calls.pop(ticket, None)
             self._notify_if_drained()
         # Everything but the replica's own work: transfer, waiting for a replica, batching.
@@ -525,19 +519,30 @@ class RayServeEngine:
         self._check_open()
         abort = asyncio.get_running_loop().create_future()  # close() fails it when the bound is reached
         self._renders.add(abort)
-        call = asyncio.ensure_future(self._call(method, *args))
         try:
-            timeout = self.config.render_timeout_s
-            done, _ = await asyncio.wait({call, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if call in done:
-                return call.result()
-            if abort in done:
-                raise EngineClosedError("the engine shut down before this picture was rendered")
-            raise RequestTimeoutError(f"no picture within {timeout:g} s")
+            call = self._call(method, *args)
+            return await self._bounded(
+                call, abort, self.config.render_timeout_s, "picture", "this picture was rendered"
+            )
         finally:
-            call.cancel()  # a no-op when it finished; otherwise the request is cancelled on the cluster too
             self._renders.discard(abort)
             self._notify_if_drained()
+
+    @staticmethod
+    async def _bounded(
+        call: Coroutine[Any, Any, Any], abort: asyncio.Future, timeout: float | None, what: str, during: str
+    ) -> Any:
+        """A replica call's answer; RequestTimeoutError past timeout, EngineClosedError when close() aborts it."""
+        task = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait({task, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if abort in done:
+                raise EngineClosedError(f"the engine shut down while {during}")
+            raise RequestTimeoutError(f"no {what} within {timeout:g} s")
+        finally:
+            task.cancel()  # a no-op when it finished; otherwise the request is cancelled on the cluster too
 
     async def replica_stats(self) -> dict[str, Any]:
         """One replica's view (photos at its network stage, recent batch sizes); it takes one of its ongoing slots."""
