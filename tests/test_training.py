@@ -473,6 +473,34 @@ def test_composite_backgrounds_come_only_from_sets_that_label_everyone(
     assert crops == []
 
 
+def test_closeups_come_only_from_the_sets_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """closeup_sets = ["people-ccp"]: its photos are zoomed in on, those of people-portraits never are."""
+    zoomed = make_people_dataset(tmp_path / "people-ccp", train=3, val=1, seed=5)
+    whole = make_people_dataset(tmp_path / "people-portraits", train=3, val=1, seed=6)
+    data = InMemoryPairs(pairs_for([zoomed, whole], "train"), max_side=64)
+    augment = build_augment("strong", 48, 48, (1.0, 1.0), closeup_probability=1.0)
+    calls: list[int] = []
+    real_closeup = augment._closeup
+
+    def counted_closeup(image: torch.Tensor, mask: torch.Tensor):
+        calls.append(1)
+        return real_closeup(image, mask)
+
+    monkeypatch.setattr(augment, "_closeup", counted_closeup)
+    samples = SeededSamples(data, augment, closeup_sets=["people-ccp"])
+    for index, pair in enumerate(data.pairs):
+        calls.clear()
+        assert samples[(index, 11)][0].shape == (3, 48, 48)
+        assert len(calls) == (pair.source == "people-ccp"), f"{pair.source}: {len(calls)} close-ups"
+    everywhere = SeededSamples(data, augment)
+    calls.clear()
+    for index in range(len(data)):
+        everywhere[(index, 11)]
+    assert len(calls) == len(data)  # no closeup_sets: every set's photos
+    with pytest.raises(ValueError, match="people-coco"):
+        SeededSamples(data, augment, closeup_sets=["people-coco"])
+
+
 def test_a_new_run_refuses_a_folder_that_holds_another_run(people: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "run"
     out_dir.mkdir()

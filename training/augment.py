@@ -107,13 +107,15 @@ class TrainAugment:
         partner_mask: np.ndarray,
         *,
         labels_everyone: bool = True,
+        closeups: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one pair (HWC uint8 photo, HW 0/1 mask); return CHW uint8 photo and 1HW uint8 mask.
 
         labels_everyone: the mask marks every person in the photo, so a crop outside it is person-free.
+        closeups: the photo may be zoomed in on (closeup_probability); False for sets whose close-ups teach nothing.
         """
         image_t, mask_t = as_tensors(image, mask)
-        if self.closeup_probability and mask_t.any() and random.random() < self.closeup_probability:
+        if closeups and self.closeup_probability and mask_t.any() and random.random() < self.closeup_probability:
             closeup = self._closeup(image_t, mask_t)
             if closeup is not None:
                 return self.finish(*closeup)

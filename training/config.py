@@ -26,6 +26,8 @@ class TrainConfig:
     composite_probability: float = 0.0  # share of samples that are composites (training/composite.py)
     augment: str = "strong"  # "strong" (ours) or "research" (crop, flips, rotation, channel shuffle, dropout)
     closeup_probability: float = 0.0  # share of plain samples zoomed in on part of a person ("strong" only)
+    # Sets (by folder name) whose photos get close-ups; empty: all. A portrait zoomed in is only more face.
+    closeup_sets: list[str] = field(default_factory=list)
     quarter_turn_probability: float = 0.0  # share of samples turned by 90 degrees: people lying down
     loss: str = "bce_dice"
     optimizer: str = "adamw"

@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 import uuid
+from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,19 @@ class SeededSamples(Dataset):
     labelled photos pasted onto a real scene (a person-free photo, a person-free crop, or a people photo).
     """
 
-    def __init__(self, data: InMemoryPairs, augment, composite_probability: float = 0.0) -> None:
+    def __init__(
+        self,
+        data: InMemoryPairs,
+        augment,
+        composite_probability: float = 0.0,
+        closeup_sets: Collection[str] = (),
+    ) -> None:
         self.data, self.augment = data, augment
         self.composite_probability = composite_probability
+        unknown = set(closeup_sets) - {pair.source for pair in data.pairs}
+        if unknown:
+            raise ValueError(f"closeup_sets names sets not in the training data: {sorted(unknown)}")
+        self.closeup_sets = frozenset(closeup_sets)
         self.compositor = Compositor()
         # Donors: photos whose people cover at least 1% of the frame (smaller ones cut out as specks).
         self.donors = [i for i, mask in enumerate(data.masks) if mask.mean() >= 0.01]
@@ -134,6 +145,7 @@ class SeededSamples(Dataset):
                     self.data.images[partner],
                     self.data.masks[partner],
                     labels_everyone=labels_everyone(self.data.pairs[index].source),
+                    closeups=not self.closeup_sets or self.data.pairs[index].source in self.closeup_sets,
                 )
         random.setstate(state)
         return sample
@@ -562,7 +574,7 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         len(train_data), config.seed, start=step * samples_per_step, weights=weights, rank=ranks.rank, world=ranks.world
     )
     loader = DataLoader(
-        SeededSamples(train_data, augment, config.composite_probability),
+        SeededSamples(train_data, augment, config.composite_probability, config.closeup_sets),
         sampler=sampler,
         batch_size=config.batch_size,
         num_workers=config.workers,
