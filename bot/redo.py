@@ -7,7 +7,6 @@ inference worker); Other model queues the cached photo like a new one. Every tap
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -25,7 +24,7 @@ from bot.photos import record, run_admitted, take_place
 from bot.services import Services, services
 from bot.texts import Texts
 from segmentation.effects import Look
-from segmentation.engine import EngineClosedError, RequestTimeoutError
+from segmentation.engine import EngineClosedError, QueueFullError, RequestTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -122,19 +121,26 @@ async def _act(
         elif action.verb == looks.OTHER_MODEL:
             await _other_model(svc, t, context, chat_id, user_id, action.look, photo)
     except EngineClosedError:
-        await bot.send_message(chat_id, t.RESTARTING)
+        answer = t.RESTARTING
     except RequestTimeoutError:  # a replica that never answered (the in-process engine has no such bound)
-        await bot.send_message(chat_id, t.TIMEOUT)
+        answer = t.TIMEOUT
+    except QueueFullError:  # a Ray cluster's back-pressure (the in-process engine never refuses a re-render)
+        answer = t.BUSY
     except TelegramError as error:
         # The tap was answered already, so the error handler's answer would be refused and the user would hear
-        # nothing: log it and say so in the chat (best-effort: Telegram itself may be what failed).
+        # nothing: log it and say so in the chat.
         logger.warning("a result button's answer could not be sent (%s): %s", action.verb, error)
-        with contextlib.suppress(TelegramError):
-            await bot.send_message(chat_id, t.GENERIC_ERROR)
+        answer = t.GENERIC_ERROR
     except Exception:
         # Our fault, not the user's: log it, apologise, no details.
         logger.exception("a result button failed (%s)", action.verb)
-        await bot.send_message(chat_id, t.GENERIC_ERROR)
+        answer = t.GENERIC_ERROR
+    else:
+        return
+    try:
+        await bot.send_message(chat_id, answer)
+    except TelegramError as error:  # Telegram itself may be what failed: nothing more to tell the user through it
+        logger.warning("a result button's failure could not be reported (%s): %s", action.verb, error)
 
 
 async def _other_model(

@@ -23,6 +23,16 @@ def _colour(text: str) -> tuple[int, int, int]:
     return rgb
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _inputs(paths: list[str]) -> list[Path]:
     """Expand folders into the images they hold; keep files as given (decoding will judge them)."""
     found = []
@@ -165,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--min-replicas", type=int, default=1)
     serving.add_argument("--max-replicas", type=int, default=4)
     serving.add_argument("--target-ongoing-requests", type=float, default=2.0, help="autoscaling's aim per replica")
-    serving.add_argument("--max-ongoing-requests", type=int, default=4, help="photos one replica works on at once")
-    serving.add_argument("--max-queued-requests", type=int, default=32, help="photos waiting per caller before busy")
-    serving.add_argument("--batch-size", type=int, default=4, help="photos sharing a forward pass (1: no batching)")
+    serving.add_argument("--max-ongoing-requests", type=_count, default=4, help="photos one replica works on at once")
+    serving.add_argument("--max-queued-requests", type=_count, default=32, help="photos waiting per caller before busy")
+    serving.add_argument("--batch-size", type=_count, default=4, help="photos sharing a forward pass (1: no batching)")
     serving.add_argument("--batch-wait-s", type=float, default=0.01)
     serving.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs reserved per replica")
     serving.add_argument("--wait", action="store_true", help="stay in the foreground on a running cluster too")

@@ -542,7 +542,10 @@ class RayServeEngine:
                 raise EngineClosedError(f"the engine shut down while {during}")
             raise RequestTimeoutError(f"no {what} within {timeout:g} s")
         finally:
-            task.cancel()  # a no-op when it finished; otherwise the request is cancelled on the cluster too
+            if not task.done():
+                task.cancel()  # the request is cancelled on the cluster too
+            elif not task.cancelled():
+                task.exception()  # one that failed as the wait ran out: read, so asyncio does not report it as lost
 
     async def replica_stats(self) -> dict[str, Any]:
         """One replica's view (photos at its network stage, recent batch sizes); it takes one of its ongoing slots."""

@@ -28,7 +28,7 @@ from PIL import Image
 
 from bot import looks, redo, texts
 from segmentation.effects import WHITE, Look
-from segmentation.engine_api import RequestTimeoutError
+from segmentation.engine_api import QueueFullError, RequestTimeoutError
 
 SECRET_PART = TOKEN.partition(":")[2]
 RU = texts.for_language("ru")
@@ -510,6 +510,8 @@ async def test_a_russian_user_gets_russian_results_and_buttons(botapi: BotApiStu
         ("recompose", EN.BTN_BLUR, RuntimeError("the render farm is on fire"), EN.GENERIC_ERROR),
         # The Ray engine bounds a re-render by BOT_REQUEST_TIMEOUT (a replica that never answers).
         ("sticker", EN.BTN_STICKER, RequestTimeoutError("no picture within 120 s"), EN.TIMEOUT),
+        # A Ray cluster's back-pressure: the replicas and their queues are full.
+        ("recompose", EN.BTN_BLUR, QueueFullError("Serve's queue is full"), EN.BUSY),
     ],
 )
 async def test_a_failing_re_render_gets_an_answer_without_details(

@@ -115,6 +115,23 @@ def test_bad_colour_is_a_usage_error(
     assert f"not a colour: {colour!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-queued-requests", "0", "must be 1 or more, not 0"),
+        ("--max-ongoing-requests", "-2", "must be 1 or more, not -2"),
+        ("--batch-size", "four", "not a whole number: 'four'"),
+    ],
+)
+def test_serve_refuses_limits_below_one(capsys, flag: str, value: str, message: str) -> None:
+    """Checked before Ray is imported or a cluster is touched: a usage error naming the flag."""
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", flag, value])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert flag in error and message in error
+
+
 def test_models_lists_both_networks(random_weights_dir: Path, capsys) -> None:
     assert run(random_weights_dir, "models") == 0
     lines = capsys.readouterr().out.splitlines()

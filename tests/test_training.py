@@ -497,8 +497,9 @@ def test_closeups_come_only_from_the_sets_named(tmp_path: Path, monkeypatch: pyt
     for index in range(len(data)):
         everywhere[(index, 11)]
     assert len(calls) == len(data)  # no closeup_sets: every set's photos
-    with pytest.raises(ValueError, match="people-coco"):
-        SeededSamples(data, augment, closeup_sets=["people-coco"])
+    # A misspelt set fails as the config is read, not minutes later once the photos are decoded.
+    with pytest.raises(ValueError, match="closeup_sets names sets not in data: people-cocoa"):
+        TrainConfig(data=[str(zoomed), str(whole)], closeup_sets=["people-ccp", "people-cocoa"])
 
 
 def test_a_new_run_refuses_a_folder_that_holds_another_run(people: Path, tmp_path: Path, capsys) -> None:

@@ -45,6 +45,11 @@ class TrainConfig:
     init_from: str = ""  # warm start: shipped weights (.safetensors) or a checkpoint (.pt)
     backbone_weights: str = ""  # optional local ImageNet ResNet18 state dict for DeepLab
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.closeup_sets) - {Path(folder).name for folder in self.data})
+        if unknown:
+            raise ValueError(f"closeup_sets names sets not in data: {', '.join(unknown)}")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build a config from a dict, refusing unknown keys so typos fail loudly."""

@@ -112,9 +112,6 @@ class SeededSamples(Dataset):
     ) -> None:
         self.data, self.augment = data, augment
         self.composite_probability = composite_probability
-        unknown = set(closeup_sets) - {pair.source for pair in data.pairs}
-        if unknown:
-            raise ValueError(f"closeup_sets names sets not in the training data: {sorted(unknown)}")
         self.closeup_sets = frozenset(closeup_sets)
         self.compositor = Compositor()
         # Donors: photos whose people cover at least 1% of the frame (smaller ones cut out as specks).
