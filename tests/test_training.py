@@ -922,14 +922,25 @@ def test_a_photo_too_thin_for_a_closeup_takes_the_usual_path() -> None:
     assert padded.float().mean() > 0.5  # the whole strip, rescaled and padded: not a zoomed-in window of it
 
 
-def test_closeups_leave_photos_without_people_to_the_usual_path() -> None:
-    augment = build_augment("strong", crop_size=32, base_side=64, scale_range=(1.0, 1.0), closeup_probability=1.0)
+def test_closeups_zoom_in_on_photos_with_nobody_at_the_same_zoom() -> None:
+    """A scene with nobody is zoomed in on too, so that zoom alone never says "person"; subject-only sets are not."""
+    augment = build_augment("strong", crop_size=48, base_side=96, scale_range=(1.0, 1.0), closeup_probability=1.0)
     _plain_geometry(augment)
-    random.seed(0)
-    image, mask = augment(
-        np.full((48, 64, 3), 60, np.uint8), np.zeros((48, 64), np.uint8), *_grey_person(40, 56, random.Random(1))
-    )
-    assert image.shape == (3, 32, 32) and not mask.any()
+    augment.closeup_part = (0.25, 0.25)  # 24 px of the 96 px photo's short side in the 48 px crop: twice as large
+    ramp = np.repeat(np.repeat((np.arange(96) * 2).astype(np.uint8)[None, :, None], 96, 0), 3, 2)  # 2 a pixel
+    empty = np.zeros((96, 96), np.uint8)
+    for trial in range(6):
+        random.seed(trial)
+        torch.manual_seed(trial)
+        image, mask = augment(ramp, empty, ramp, empty)
+        assert image.shape == (3, 48, 48) and not mask.any()
+        step = image[0].int().diff(dim=1).float().mean().abs()  # a flip may turn the ramp round
+        assert step == pytest.approx(1.0, abs=0.1), f"trial {trial}: not zoomed in twice"
+        random.seed(trial)
+        torch.manual_seed(trial)
+        image, _ = augment(ramp, empty, ramp, empty, labels_everyone=False)  # its bystanders are unlabelled
+        step = image[0].int().diff(dim=1).float().mean().abs()
+        assert step == pytest.approx(2.0, abs=0.1), f"trial {trial}: zoomed in on a subject-only set's scene"
 
 
 def test_quarter_turns_lay_people_down() -> None:

@@ -115,8 +115,13 @@ class TrainAugment:
         closeups: the photo may be zoomed in on (closeup_probability); False for sets whose close-ups teach nothing.
         """
         image_t, mask_t = as_tensors(image, mask)
-        if closeups and self.closeup_probability and mask_t.any() and random.random() < self.closeup_probability:
-            closeup = self._closeup(image_t, mask_t)
+        if closeups and self.closeup_probability and random.random() < self.closeup_probability:
+            # A photo with nobody in it is zoomed in on too (where its mask marks everyone), at the same zoom, so
+            # that a texture filling the frame does not come to mean "a person".
+            if mask_t.any():
+                closeup = self._closeup(image_t, mask_t)
+            else:
+                closeup = self._empty_closeup(image_t, mask_t) if labels_everyone else None
             if closeup is not None:
                 return self.finish(*closeup)
         image_t, mask_t = self.rescale(image_t, mask_t)
@@ -176,6 +181,18 @@ class TrainAugment:
         top = int(rows[pick]) - random.randint(window // 8, window - 1 - window // 8)
         left = int(cols[pick]) - random.randint(window // 8, window - 1 - window // 8)
         top, left = min(max(0, top), height - window), min(max(0, left), width - window)
+        window_image = image[:, top : top + window, left : left + window]
+        window_mask = mask[:, top : top + window, left : left + window]
+        return _resize_long_side(window_image, window_mask, self.crop_size)
+
+    def _empty_closeup(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A square crop of closeup_part of a person-free photo's short side, at crop_size; None past the zoom cap."""
+        height, width = image.shape[-2:]
+        least = self.crop_size * max(height, width) / (self.base_side * self.closeup_max_zoom)
+        if least > min(height, width):
+            return None
+        window = min(round(max(least, 8, min(height, width) * random.uniform(*self.closeup_part))), height, width)
+        top, left = random.randint(0, height - window), random.randint(0, width - window)
         window_image = image[:, top : top + window, left : left + window]
         window_mask = mask[:, top : top + window, left : left + window]
         return _resize_long_side(window_image, window_mask, self.crop_size)
