@@ -170,9 +170,8 @@ class TrainAugment:
         height, width = image.shape[-2:]
         rows, cols = torch.nonzero(mask[0], as_tuple=True)
         box_side = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
-        # Never more than closeup_max_zoom times the usual scale: past it, the in-memory photo is upsampled to mush.
-        least = self.crop_size * max(height, width) / (self.base_side * self.closeup_max_zoom)
-        if least > min(height, width):
+        least = self._least_window(height, width)
+        if least is None:
             return None
         window = round(max(least, 8, box_side * random.uniform(*self.closeup_part)))
         window = min(window, height, width)
@@ -181,18 +180,28 @@ class TrainAugment:
         top = int(rows[pick]) - random.randint(window // 8, window - 1 - window // 8)
         left = int(cols[pick]) - random.randint(window // 8, window - 1 - window // 8)
         top, left = min(max(0, top), height - window), min(max(0, left), width - window)
-        window_image = image[:, top : top + window, left : left + window]
-        window_mask = mask[:, top : top + window, left : left + window]
-        return _resize_long_side(window_image, window_mask, self.crop_size)
+        return self._zoomed(image, mask, top, left, window)
 
     def _empty_closeup(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A square crop of closeup_part of a person-free photo's short side, at crop_size; None past the zoom cap."""
         height, width = image.shape[-2:]
-        least = self.crop_size * max(height, width) / (self.base_side * self.closeup_max_zoom)
-        if least > min(height, width):
+        least = self._least_window(height, width)
+        if least is None:
             return None
         window = min(round(max(least, 8, min(height, width) * random.uniform(*self.closeup_part))), height, width)
         top, left = random.randint(0, height - window), random.randint(0, width - window)
+        return self._zoomed(image, mask, top, left, window)
+
+    def _least_window(self, height: int, width: int) -> float | None:
+        """The smallest close-up window within closeup_max_zoom; None when even the photo's short side is past it."""
+        # Never more than closeup_max_zoom times the usual scale: past it, the in-memory photo is upsampled to mush.
+        least = self.crop_size * max(height, width) / (self.base_side * self.closeup_max_zoom)
+        return None if least > min(height, width) else least
+
+    def _zoomed(
+        self, image: torch.Tensor, mask: torch.Tensor, top: int, left: int, window: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The square window at (top, left), resized to crop_size."""
         window_image = image[:, top : top + window, left : left + window]
         window_mask = mask[:, top : top + window, left : left + window]
         return _resize_long_side(window_image, window_mask, self.crop_size)
