@@ -477,6 +477,9 @@ class _QuietServer(ThreadingHTTPServer):
     """A threading server that does not print a traceback when a client hangs up (as a stopping bot does)."""
 
     daemon_threads = True
+    # The default listen backlog of 5 overflows when a burst of updates makes the bot open many connections
+    # at once (20 button taps answered concurrently): the kernel then resets some, and httpx raises ReadError.
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore disconnects; report anything else the usual way."""
