@@ -36,7 +36,7 @@ from training.evaluate import evaluate, format_share_table, format_table
 from training.evaluate import main as evaluate_main
 from training.export import ExportError, build_card, dataset_entry, export
 from training.export import main as export_main
-from training.losses import LOSSES, bce_dice_loss, bce_loss, soft_dice_loss
+from training.losses import LOSSES, bce_dice_loss, bce_loss, bce_lovasz_loss, lovasz_hinge_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
 from training.train import (
     ResumableSampler,
@@ -773,7 +773,33 @@ def test_losses_reward_the_right_answer() -> None:
     assert bce_loss(unsure, target) == pytest.approx(np.log(2), rel=1e-5)
     combined = bce_loss(unsure, target) + soft_dice_loss(unsure, target)
     assert bce_dice_loss(unsure, target) == pytest.approx(float(combined))
-    assert set(LOSSES) == {"bce", "dice", "bce_dice"}
+    assert lovasz_hinge_loss(perfect, target) == 0
+    assert lovasz_hinge_loss(inverted, target) > 10
+    assert bce_lovasz_loss(unsure, target) == pytest.approx(float(bce_loss(unsure, target) + 1.0))
+    assert set(LOSSES) == {"bce", "dice", "bce_dice", "bce_lovasz"}
+
+
+def test_lovasz_loss_matches_the_iou_it_stands_for() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1  # 16 pixels
+    logits = target * 2 - 1  # every pixel right by a margin of exactly 1: hinge errors of 0
+    one_false_positive = logits.clone()
+    one_false_positive[..., 0, 0] = 1.0  # hinge error 2 on a pixel that turns IoU from 1 into 16/17
+    assert lovasz_hinge_loss(one_false_positive, target) == pytest.approx(2 * (1 - 16 / 17))
+    one_miss = logits.clone()
+    one_miss[..., 3, 3] = -1.0  # a missed person pixel: IoU 15/16
+    assert lovasz_hinge_loss(one_miss, target) == pytest.approx(2 * (1 - 15 / 16))
+    nobody = torch.zeros_like(target)
+    assert lovasz_hinge_loss(-torch.ones_like(target), nobody) == 0  # nothing kept where nobody is
+    assert lovasz_hinge_loss(torch.zeros_like(target), nobody) == pytest.approx(1.0)
+
+
+def test_lovasz_loss_is_per_image() -> None:
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, :2, :2], target[1, :, 2:, 2:] = 1, 1
+    logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    separately = [lovasz_hinge_loss(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    assert lovasz_hinge_loss(logits, target) == pytest.approx(float(sum(separately) / 2))
 
 
 def test_dice_loss_is_per_image() -> None:
@@ -792,6 +818,9 @@ def test_dice_loss_has_gradients_towards_the_target() -> None:
     target[..., :4] = 1
     logits = torch.zeros_like(target, requires_grad=True)
     bce_dice_loss(logits, target).backward()
+    assert (logits.grad[target.bool()] < 0).all() and (logits.grad[~target.bool()] > 0).all()
+    logits.grad = None
+    bce_lovasz_loss(logits, target).backward()
     assert (logits.grad[target.bool()] < 0).all() and (logits.grad[~target.bool()] > 0).all()
 
 

@@ -25,4 +25,32 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce_loss(logits, target) + soft_dice_loss(logits, target)
 
 
-LOSSES = {"bce": bce_loss, "dice": soft_dice_loss, "bce_dice": bce_dice_loss}
+def _lovasz_gradient(sorted_target: torch.Tensor) -> torch.Tensor:
+    """Per row, how much each error (sorted worst first) adds to one minus the IoU."""
+    positives = sorted_target.sum(1, keepdim=True)
+    intersection = positives - sorted_target.cumsum(1)
+    union = positives + (1 - sorted_target).cumsum(1)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+
+
+def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Lovasz hinge per image, averaged: a convex surrogate of each image's IoU (Berman et al., CVPR 2018)."""
+    logits, target = logits.flatten(1), target.flatten(1).to(logits.dtype)
+    errors = 1 - logits * (2 * target - 1)
+    sorted_errors, order = torch.sort(errors, dim=1, descending=True)
+    gradient = _lovasz_gradient(torch.gather(target, 1, order))
+    return (F.relu(sorted_errors) * gradient).sum(1).mean()
+
+
+def bce_lovasz_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus the Lovasz hinge: the IoU of each photo, which is what people-coco scores, optimised directly."""
+    return bce_loss(logits, target) + lovasz_hinge_loss(logits, target)
+
+
+LOSSES = {
+    "bce": bce_loss,
+    "dice": soft_dice_loss,
+    "bce_dice": bce_dice_loss,
+    "bce_lovasz": bce_lovasz_loss,
+}
