@@ -44,7 +44,7 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def bce_lovasz_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE plus the Lovasz hinge: the IoU of each photo, which is what people-coco scores, optimised directly."""
+    """BCE plus the Lovasz hinge: a surrogate of each photo's IoU, which is what people-coco is scored by."""
     return bce_loss(logits, target) + lovasz_hinge_loss(logits, target)
 
 
