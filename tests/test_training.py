@@ -38,6 +38,8 @@ from training.export import ExportError, build_card, dataset_entry, export
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, bce_lovasz_loss, lovasz_hinge_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
+from training.soup import average_states, make_soup
+from training.soup import main as soup_main
 from training.train import (
     ResumableSampler,
     SeededSamples,
@@ -159,12 +161,15 @@ class Interrupt(Exception):
     """Stands for a crash or a Ctrl-C in the middle of a run."""
 
 
-def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly_where_the_run_stopped(
+    people: Path, tmp_path: Path, monkeypatch, ema_decay: float
+) -> None:
     # Pictures cost time and change no state; leave them out of this test.
     monkeypatch.setattr(train_module, "save_preview", lambda *args, **kwargs: None)
     monkeypatch.setattr(train_module, "plot_curves", lambda *args, **kwargs: None)
     # One run goes straight through 6 steps (cosine schedule with warm-up, dropout, augmentation) ...
-    whole = tiny_config(people, tmp_path / "whole", steps=6)
+    whole = tiny_config(people, tmp_path / "whole", steps=6, ema_decay=ema_decay)
     train(whole, log=lambda _: None)
 
     # ... another crashes just after its checkpoint at step 4, then resumes to step 6.
@@ -175,7 +180,8 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
         if step == 4:
             raise Interrupt
 
-    broken = tiny_config(people, tmp_path / "broken", steps=6, checkpoint_minutes=0.0)  # a checkpoint every step
+    # A checkpoint every step.
+    broken = tiny_config(people, tmp_path / "broken", steps=6, checkpoint_minutes=0.0, ema_decay=ema_decay)
     monkeypatch.setattr(train_module, "save_checkpoint", crash_after_step_4)
     with pytest.raises(Interrupt):
         train(broken, log=lambda _: None)
@@ -191,8 +197,47 @@ def test_resume_continues_exactly_where_the_run_stopped(people: Path, tmp_path: 
     assert resumed["run_id"] == run_id != expected["run_id"]  # a resume is the same run; another run is not
     for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert ("averaged" in resumed) == ("averaged" in expected) == bool(ema_decay)
+    for key, value in expected.get("averaged", {}).items():  # the average carries on, not restarts
+        torch.testing.assert_close(resumed["averaged"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     learning_rates = [checkpoint["optimizer"]["param_groups"][0]["lr"] for checkpoint in (resumed, expected)]
     assert learning_rates[0] == pytest.approx(learning_rates[1])
+
+
+def test_the_moving_average_is_what_gets_validated_and_kept(people: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(train_module, "save_preview", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_module, "plot_curves", lambda *args, **kwargs: None)
+    trained_weights: list[dict[str, torch.Tensor]] = []
+    save_checkpoint = train_module.save_checkpoint
+
+    def record_each_step(path, model, *rest, **keywords) -> None:
+        trained_weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        save_checkpoint(path, model, *rest, **keywords)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", record_each_step)
+    config = tiny_config(people, tmp_path / "ema", steps=3, eval_every=3, checkpoint_minutes=0.0, ema_decay=0.75)
+    train(config, log=lambda _: None)
+    assert len(trained_weights) == 3  # one checkpoint a step
+
+    kept = load_checkpoint(tmp_path / "ema" / "best.pt")
+    assert kept["averaged"] is True and kept["step"] == 3
+    # The first step's weights start the average; each later step moves it a quarter of the way.
+    for key, last in trained_weights[-1].items():
+        if not last.is_floating_point():
+            continue
+        average = trained_weights[0][key]
+        for weights in trained_weights[1:]:
+            average = 0.75 * average + 0.25 * weights[key]
+        torch.testing.assert_close(kept["model"][key], average, rtol=1e-5, atol=1e-6, msg=key)
+    # BatchNorm statistics follow the averaged weights, and the average is not the last step's weights.
+    assert any("running_mean" in key for key in kept["model"])
+    moved = [key for key, last in trained_weights[-1].items() if last.is_floating_point()]
+    assert any(not torch.allclose(kept["model"][key], trained_weights[-1][key]) for key in moved)
+
+
+def test_ema_decay_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_a_resumed_run_keeps_what_it_was_warm_started_from(people: Path, tmp_path: Path) -> None:
@@ -1339,6 +1384,64 @@ def test_card_reads_the_real_data_readmes() -> None:
     assert "manaleks/picsart-contest" in entries["people-picsart"]["source"]
     assert "bio-punk/AutoPortraitMatting" in entries["people-portraits"]["source"]
     assert "academic use only" in entries["people-portraits"]["terms"]
+
+
+def test_a_soup_is_the_mean_of_its_ingredients_and_counters_come_from_the_first() -> None:
+    first = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    second = {"w": torch.tensor([3.0, 6.0], dtype=torch.float16), "n": torch.tensor(9)}
+    soup = average_states([first, second])
+    torch.testing.assert_close(soup["w"], torch.tensor([2.0, 4.0]))
+    assert soup["w"].dtype == torch.float32 and soup["n"].item() == 3
+    with pytest.raises(ValueError, match="tensors differ"):
+        average_states([first, {"w": first["w"]}])
+    with pytest.raises(ValueError, match="different shapes"):
+        average_states([first, {"w": torch.zeros(3), "n": torch.tensor(1)}])
+
+
+def test_a_soup_of_shipped_weights_and_a_run_exports_with_its_ingredients_named(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    shipped = tmp_path / "weights" / "deeplab.safetensors"
+    export(trained_run / "checkpoint.pt", shipped.parent, log=lambda _: None)
+    command = f"python -m training.soup {tmp_path / 'soup'} {shipped} {trained_run / 'best.pt'}"
+    soup_path = make_soup([shipped, trained_run / "best.pt"], tmp_path / "soup", command)
+    card = export(soup_path, tmp_path / "served", log=lambda _: None)
+
+    run = load_checkpoint(trained_run / "best.pt")
+    expected = average_states([load_file(shipped), run["model"]])
+    served = load_file(tmp_path / "served" / "deeplab.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(served[name].to(tensor.dtype), tensor, atol=2e-3, rtol=1e-3, msg=name)
+    # The card names both, counts only the run's steps anew, and adds them to what the shipped weights had seen.
+    assert card.training["soup"] == [
+        {"weights": str(shipped), "steps": 0},
+        {"weights": str(trained_run / "best.pt"), "steps": run["step"]},
+    ]
+    assert card.training["steps"] == run["step"] and card.training["config"]["init_from"] == str(shipped)
+    shipped_seen = read_card("deeplab", shipped.parent).training["cumulative"]["samples_seen"]
+    assert card.training["cumulative"]["samples_seen"] == shipped_seen + 4 * run["step"]
+    assert card.training_command == command
+
+
+def test_soup_refuses_mixed_networks_and_a_taken_folder(trained_run: Path, tmp_path: Path, capsys) -> None:
+    checkpoint = load_checkpoint(trained_run / "best.pt")
+    unet = create_model("unet")
+    torch.save(
+        {**checkpoint, "config": {**checkpoint["config"], "model": "unet"}, "model": unet.state_dict()},
+        tmp_path / "unet.pt",
+    )
+    assert soup_main([str(tmp_path / "mixed"), str(trained_run / "best.pt"), str(tmp_path / "unet.pt")]) == 2
+    assert "different networks: deeplab, unet" in capsys.readouterr().err
+    assert not (tmp_path / "mixed" / "best.pt").exists()
+    assert soup_main([str(tmp_path / "one"), str(trained_run / "best.pt")]) == 2
+    assert "at least two ingredients" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "best.pt").write_bytes(b"a run's")
+    with pytest.raises(SystemExit):
+        soup_main([str(taken), str(trained_run / "best.pt"), str(trained_run / "checkpoint.pt")])
+    assert "already holds a best.pt" in capsys.readouterr().err
+    assert (taken / "best.pt").read_bytes() == b"a run's"
 
 
 def test_export_refuses_what_is_not_a_matching_checkpoint(trained_run: Path, tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" with linear warm-up, or "constant"
     warmup_steps: int = 200
     min_lr_ratio: float = 0.01
+    # When set, validate, keep and export an exponential moving average of the weights (decay per step)
+    # instead of the last step's: 0.998 averages about the last 500 steps. 0: the weights as trained.
+    ema_decay: float = 0.0
     val_limit: int = 0  # validate on the first N photos of each set's val split (0: all); evaluate scores all
     eval_every: int = 400  # steps between validations; 0 validates (and checkpoints) once per epoch
     checkpoint_minutes: float = 5.0
@@ -49,6 +52,8 @@ class TrainConfig:
         unknown = sorted(set(self.closeup_sets) - {Path(folder).name for folder in self.data})
         if unknown:
             raise ValueError(f"closeup_sets names sets not in data: {', '.join(unknown)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

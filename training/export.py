@@ -184,6 +184,8 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     commands = training_commands(checkpoint_path.parent)
     if len(commands) > 1:
         training["commands"] = commands
+    if "soup" in checkpoint:  # training.soup: the mean of these weights, each with the steps its own run trained
+        training["soup"] = checkpoint["soup"]
     if "metrics" in checkpoint:
         # training.train's quick check (val_limit photos a set, no flip or second pass), apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]

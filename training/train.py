@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segmentation.cpu import prefers_channels_last, use_bf16
@@ -352,6 +353,7 @@ def save_checkpoint(
     rng: list[dict],
     *,
     run_id: str = "",
+    averaged: AveragedModel | None = None,
 ) -> None:
     """Write everything needed to continue exactly: weights, optimiser, schedule, step, config, every rank's RNG."""
     checkpoint = {
@@ -365,6 +367,8 @@ def save_checkpoint(
         "rng": rng[0],
         "rng_per_rank": rng,
     }
+    if averaged is not None:
+        checkpoint["averaged"] = averaged.state_dict()
     save_atomically(checkpoint, path)
 
 
@@ -537,6 +541,13 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     loss_fn = LOSSES[config.loss]
+    # The average over steps generalises better than any one step's weights (Polyak averaging); it is what
+    # gets validated, kept as best.pt and exported. Buffers too: BatchNorm's statistics follow the weights.
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay
+        else None
+    )
 
     # Tells a re-export of this run from a later run in the same folder (cards add up the training behind them).
     step, best, run_id = 0, -1.0, uuid.uuid4().hex[:12]
@@ -553,6 +564,10 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if averaged is not None and "averaged" in checkpoint:
+            averaged.load_state_dict(checkpoint["averaged"])
+        elif averaged is not None:
+            log(f"note: {checkpoint_path} holds no averaged weights; the average starts from step {checkpoint['step']}")
         step, best = checkpoint["step"], checkpoint.get("best_selection", -1.0)
         run_id = checkpoint.get("run_id") or run_id
         for change in config_changes(checkpoint["config"], config.to_dict()):
@@ -585,7 +600,18 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
     def checkpoint_now() -> None:
         states = ranks.gather(rng_state())  # every rank takes part; rank 0 writes
         if ranks.leader:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, config, best, states, run_id=run_id)
+            save_checkpoint(
+                checkpoint_path,
+                model,
+                optimizer,
+                scheduler,
+                step,
+                config,
+                best,
+                states,
+                run_id=run_id,
+                averaged=averaged,
+            )
 
     report: dict = {}
     checkpoint_seconds = config.checkpoint_minutes * 60
@@ -604,6 +630,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             window_loss += loss.item() * len(images)
             window_images += len(images)
@@ -630,7 +658,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
 
             if step % eval_every == 0 or step == config.steps:
                 if ranks.leader:
-                    report = validate(model, val_data, config)
+                    evaluated = averaged.module if averaged is not None else model
+                    report = validate(evaluated, val_data, config)
                     metrics_log.write(json.dumps({"kind": "val", "step": step, "metrics": report}) + "\n")
                     metrics_log.flush()
                     log(
@@ -641,14 +670,15 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                         )
                         + f"  selection {report['all']['selection']:.4f}"
                     )
-                    save_preview(model, val_data, config, device, out_dir / f"preview-{step:06d}.png")
+                    save_preview(evaluated, val_data, config, device, out_dir / f"preview-{step:06d}.png")
                     plot_curves(log_path, out_dir / "curves.png")
                     if report["all"]["selection"] > best:
                         best = report["all"]["selection"]
                         best_state = {
                             "run_id": run_id,
                             "config": config.to_dict(),
-                            "model": model.state_dict(),
+                            "model": evaluated.state_dict(),
+                            "averaged": averaged is not None,
                             "step": step,
                             "processes": ranks.world,  # a step took a batch on each: export counts the samples
                         }
