@@ -34,7 +34,7 @@ from training.config import TrainConfig
 from training.data import DatasetError, InMemoryPairs, PairPath, find_pairs, load_pair, pairs_for, read_mask
 from training.evaluate import evaluate, format_share_table, format_table
 from training.evaluate import main as evaluate_main
-from training.export import ExportError, build_card, dataset_entry, export
+from training.export import ExportError, build_card, dataset_entry, export, run_hours
 from training.export import main as export_main
 from training.losses import LOSSES, bce_dice_loss, bce_loss, bce_lovasz_loss, lovasz_hinge_loss, soft_dice_loss
 from training.metrics import MaskScores, mean_scores, score_masks
@@ -1413,13 +1413,16 @@ def test_a_soup_of_shipped_weights_and_a_run_exports_with_its_ingredients_named(
     for name, tensor in expected.items():
         torch.testing.assert_close(served[name].to(tensor.dtype), tensor, atol=2e-3, rtol=1e-3, msg=name)
     # The card names both, counts only the run's steps anew, and adds them to what the shipped weights had seen.
+    run_hours_logged = run_hours(trained_run)
+    assert run_hours_logged is not None
     assert card.training["soup"] == [
-        {"weights": str(shipped), "steps": 0},
-        {"weights": str(trained_run / "best.pt"), "steps": run["step"]},
+        {"weights": str(shipped), "steps": 0, "hours": 0.0},
+        {"weights": str(trained_run / "best.pt"), "steps": run["step"], "hours": run_hours_logged},
     ]
     assert card.training["steps"] == run["step"] and card.training["config"]["init_from"] == str(shipped)
-    shipped_seen = read_card("deeplab", shipped.parent).training["cumulative"]["samples_seen"]
-    assert card.training["cumulative"]["samples_seen"] == shipped_seen + 4 * run["step"]
+    shipped_total = read_card("deeplab", shipped.parent).training["cumulative"]
+    assert card.training["cumulative"]["samples_seen"] == shipped_total["samples_seen"] + 4 * run["step"]
+    assert card.training["cumulative"]["hours"] == round(shipped_total["hours"] + run_hours_logged, 2)
     assert card.training_command == command
 
 
@@ -1459,7 +1462,7 @@ def test_export_refuses_what_is_not_a_matching_checkpoint(trained_run: Path, tmp
 
 
 def test_cards_add_up_the_training_behind_them(tmp_path: Path) -> None:
-    from training.export import cumulative_training, run_hours
+    from training.export import cumulative_training
 
     run = tmp_path / "run"
     run.mkdir()

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from training.checkpoints import load_checkpoint, save_atomically
 from training.config import TrainConfig
+from training.export import run_hours
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Ingredient:
     state: dict[str, torch.Tensor]
     config: dict[str, Any]
     steps: int  # trained in this run; 0 for shipped weights, whose training the card already counts
+    hours: float | None  # wall-clock hours of that training, from the run's metrics log; None when unknown
 
 
 def read_ingredient(path: str | Path) -> Ingredient:
@@ -49,9 +51,9 @@ def read_ingredient(path: str | Path) -> Ingredient:
         config = json.loads(card_path.read_text()).get("training", {}).get("config")
         if not config:
             raise ValueError(f"{card_path} records no training config")
-        return Ingredient(path, load_file(str(path)), config, 0)
+        return Ingredient(path, load_file(str(path)), config, 0, 0.0)
     checkpoint = load_checkpoint(path)
-    return Ingredient(path, checkpoint["model"], checkpoint["config"], checkpoint["step"])
+    return Ingredient(path, checkpoint["model"], checkpoint["config"], checkpoint["step"], run_hours(path.parent))
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -90,13 +92,19 @@ def make_soup(paths: list[str | Path], out_dir: str | Path, command: str = "") -
     out_dir.mkdir(parents=True, exist_ok=True)
     if command:
         (out_dir / "command.txt").write_text(command + "\n")
+    hours = [ingredient.hours for ingredient in ingredients]
     soup = {
         "run_id": uuid.uuid4().hex[:12],
         "config": config.to_dict(),
         "model": average_states([ingredient.state for ingredient in ingredients]),
         "step": sum(ingredient.steps for ingredient in ingredients),
         "processes": 1,
-        "soup": [{"weights": str(ingredient.path), "steps": ingredient.steps} for ingredient in ingredients],
+        # The soup's own folder has no metrics log: its card's hours are those of the runs that went into it.
+        "hours": None if None in hours else round(sum(hours), 2),
+        "soup": [
+            {"weights": str(ingredient.path), "steps": ingredient.steps, "hours": ingredient.hours}
+            for ingredient in ingredients
+        ],
     }
     save_atomically(soup, out_dir / "best.pt")
     return out_dir / "best.pt"
