@@ -189,7 +189,7 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     if "metrics" in checkpoint:
         # training.train's quick check (val_limit photos a set, no flip or second pass), apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]
-    hours = checkpoint["hours"] if "soup" in checkpoint else run_hours(checkpoint_path.parent)
+    hours = checkpoint.get("hours") if "soup" in checkpoint else run_hours(checkpoint_path.parent)
     training["cumulative"] = cumulative_training(config, samples, hours, run_id)
     training["config"] = config.to_dict()
     return ModelCard(
