@@ -189,7 +189,8 @@ def build_card(checkpoint: dict[str, Any], checkpoint_path: Path) -> ModelCard:
     if "metrics" in checkpoint:
         # training.train's quick check (val_limit photos a set, no flip or second pass), apart from card.metrics.
         training["validation_during_training"] = checkpoint["metrics"]
-    hours = checkpoint.get("hours") if "soup" in checkpoint else run_hours(checkpoint_path.parent)
+    # A soup records the hours of its runs itself: its own folder has no metrics log.
+    hours = checkpoint["hours"] if "hours" in checkpoint else run_hours(checkpoint_path.parent)
     training["cumulative"] = cumulative_training(config, samples, hours, run_id)
     training["config"] = config.to_dict()
     return ModelCard(
