@@ -235,6 +235,35 @@ def test_the_moving_average_is_what_gets_validated_and_kept(people: Path, tmp_pa
     assert any(not torch.allclose(kept["model"][key], trained_weights[-1][key]) for key in moved)
 
 
+def test_the_checkpoint_of_a_run_with_a_moving_average_exports_and_soups_its_average(
+    people: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(train_module, "save_preview", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_module, "plot_curves", lambda *args, **kwargs: None)
+    run = tmp_path / "ema"
+    train(tiny_config(people, run, steps=3, eval_every=3, ema_decay=0.75), log=lambda _: None)
+    average = load_checkpoint(run / "best.pt")["model"]  # validated at the last step, as checkpoint.pt was written
+    trained = load_checkpoint(run / "checkpoint.pt")["model"]
+    moved = [name for name, tensor in trained.items() if tensor.is_floating_point()]
+    assert any(not torch.allclose(trained[name], average[name]) for name in moved)
+
+    # A run stopped before its last validation has only checkpoint.pt: exported, it serves the average too.
+    export(run / "checkpoint.pt", tmp_path / "served", log=lambda _: None)
+    served = load_file(tmp_path / "served" / "deeplab.safetensors")
+    assert set(served) <= set(average)
+    for name in served:
+        torch.testing.assert_close(served[name].to(average[name].dtype), average[name], atol=2e-3, rtol=1e-3)
+
+    # In a soup likewise, unless --raw-weights asks for what the optimiser left.
+    for flags, expected in (([], average), (["--raw-weights"], trained)):
+        out_dir = tmp_path / f"soup{len(flags)}"
+        assert soup_main([str(out_dir), str(run / "checkpoint.pt"), str(run / "best.pt"), *flags]) == 0
+        soup = load_checkpoint(out_dir / "best.pt")["model"]
+        for name in moved:
+            torch.testing.assert_close(soup[name], (expected[name] + average[name]) / 2, msg=name)
+        assert (out_dir / "command.txt").read_text().split()[-1] == (flags or [str(run / "best.pt")])[-1]
+
+
 def test_ema_decay_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)

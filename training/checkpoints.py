@@ -23,3 +23,17 @@ def save_atomically(value: Any, path: Path) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save(value, temporary)
     temporary.replace(path)
+
+
+def served_weights(checkpoint: dict[str, Any], *, raw: bool = False) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint stands for: its moving average where training kept one, else the trained weights.
+
+    best.pt of a run with ema_decay already holds the average under "model" ("averaged": True); checkpoint.pt
+    holds the trained weights there and the AveragedModel's own state under "averaged". raw takes the trained
+    weights of a checkpoint.pt all the same.
+    """
+    averaged = checkpoint.get("averaged")
+    if raw or not isinstance(averaged, dict):
+        return checkpoint["model"]
+    # AveragedModel's state: its module's tensors prefixed "module.", plus the count of averaged steps.
+    return {name.removeprefix("module."): tensor for name, tensor in averaged.items() if name != "n_averaged"}

@@ -23,7 +23,7 @@ from typing import Any
 from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, ModelCard, WeightsError, save_weights
-from training.checkpoints import load_checkpoint
+from training.checkpoints import load_checkpoint, served_weights
 from training.config import TrainConfig
 from training.data import DatasetError, pairs_for
 from training.evaluate import (
@@ -236,7 +236,7 @@ def export(
         log(f"warning: no {checkpoint_path.parent / 'command.txt'}; the card's training_command stays empty")
     model = create_model(card.architecture)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(served_weights(checkpoint))
     except RuntimeError as error:
         raise ExportError(f"{checkpoint_path} does not fit the {card.architecture!r} architecture: {error}") from None
     model.eval()

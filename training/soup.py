@@ -6,7 +6,9 @@ often better on photos none of them trained on than any one of them, at no cost 
     python -m training.soup runs/unet_soup segmentation/weights/unet.safetensors runs/a/best.pt runs/b/best.pt
     python -m training.export runs/unet_soup/best.pt --evaluate ...
 
-Ingredients are run checkpoints (.pt) or shipped weights (.safetensors beside their .json card). The soup is
+Ingredients are run checkpoints (.pt) or shipped weights (.safetensors beside their .json card). A run's
+checkpoint.pt stands for its moving average where it kept one, as its best.pt does; --raw-weights takes the
+weights the optimiser left instead (of a short run, whose average is still mostly its starting point). The soup is
 written as OUT_DIR/best.pt, which training.export reads like any run's: its config is the first ingredient's,
 its steps are those trained in the .pt ingredients, and its card names every ingredient.
 """
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from training.checkpoints import load_checkpoint, save_atomically
+from training.checkpoints import load_checkpoint, save_atomically, served_weights
 from training.config import TrainConfig
 from training.export import run_hours
 
@@ -41,8 +43,8 @@ class Ingredient:
     hours: float | None  # wall-clock hours of that training, from the run's metrics log; None when unknown
 
 
-def read_ingredient(path: str | Path) -> Ingredient:
-    """Weights and config of a run checkpoint, or of shipped weights through their card."""
+def read_ingredient(path: str | Path, *, raw: bool = False) -> Ingredient:
+    """Weights and config of a run checkpoint (raw: its trained weights, not their average), or of shipped weights."""
     path = Path(path)
     if path.suffix == ".safetensors":
         card_path = path.with_suffix(".json")
@@ -53,7 +55,8 @@ def read_ingredient(path: str | Path) -> Ingredient:
             raise ValueError(f"{card_path} records no training config")
         return Ingredient(path, load_file(str(path)), config, 0, 0.0)
     checkpoint = load_checkpoint(path)
-    return Ingredient(path, checkpoint["model"], checkpoint["config"], checkpoint["step"], run_hours(path.parent))
+    weights = served_weights(checkpoint, raw=raw)
+    return Ingredient(path, weights, checkpoint["config"], checkpoint["step"], run_hours(path.parent))
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -73,11 +76,11 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return averaged
 
 
-def make_soup(paths: list[str | Path], out_dir: str | Path, command: str = "") -> Path:
+def make_soup(paths: list[str | Path], out_dir: str | Path, command: str = "", *, raw: bool = False) -> Path:
     """Average the ingredients into OUT_DIR/best.pt, a checkpoint training.export can read."""
     if len(paths) < 2:
         raise ValueError("a soup needs at least two ingredients")
-    ingredients = [read_ingredient(path) for path in paths]
+    ingredients = [read_ingredient(path, raw=raw) for path in paths]
     models = {ingredient.config["model"] for ingredient in ingredients}
     if len(models) > 1:
         raise ValueError(f"the ingredients are different networks: {', '.join(sorted(models))}")
@@ -115,12 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="where best.pt goes (a new folder)")
     parser.add_argument("ingredients", nargs="+", help="run checkpoints (.pt) or shipped weights (.safetensors)")
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="from a run's checkpoint.pt take the trained weights, not their moving average",
+    )
     args = parser.parse_args(argv)
     if (Path(args.out_dir) / "best.pt").exists():
         parser.error(f"{args.out_dir} already holds a best.pt: give the soup a folder of its own")
     command = shlex.join(["python", "-m", "training.soup", *(sys.argv[1:] if argv is None else argv)])
     try:
-        path = make_soup(args.ingredients, args.out_dir, command)
+        path = make_soup(args.ingredients, args.out_dir, command, raw=args.raw_weights)
     except (ValueError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
