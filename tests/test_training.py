@@ -48,6 +48,7 @@ from training.train import (
     limit_per_set,
     sampling_weights,
     train,
+    warm_start,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -253,6 +254,12 @@ def test_the_checkpoint_of_a_run_with_a_moving_average_exports_and_soups_its_ave
     assert set(served) <= set(average)
     for name in served:
         torch.testing.assert_close(served[name].to(average[name].dtype), average[name], atol=2e-3, rtol=1e-3)
+
+    # A warm start from it begins at the average as well.
+    warmed = create_model("deeplab")
+    warm_start(warmed, tiny_config(people, tmp_path / "next", init_from=str(run / "checkpoint.pt")))
+    for name in moved:
+        torch.testing.assert_close(warmed.state_dict()[name], average[name], msg=name)
 
     # In a soup likewise, unless --raw-weights asks for what the optimiser left.
     for flags, expected in (([], average), (["--raw-weights"], trained)):

@@ -33,7 +33,7 @@ from segmentation.models import create_model
 from segmentation.predictor import Predictor
 from segmentation.weights_io import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_state
 from training.augment import TrainAugment, as_tensors, build_augment
-from training.checkpoints import load_checkpoint, save_atomically
+from training.checkpoints import load_checkpoint, save_atomically, served_weights
 from training.composite import Compositor, cut_out, people_count, person_free_crop
 from training.config import TrainConfig
 from training.data import InMemoryPairs, labels_everyone, pairs_for
@@ -417,7 +417,7 @@ def warm_start(model: torch.nn.Module, config: TrainConfig) -> None:
     if path.suffix == ".safetensors":
         load_state(config.model, model, path)
     else:
-        model.load_state_dict(load_checkpoint(path)["model"])
+        model.load_state_dict(served_weights(load_checkpoint(path)))  # a run with ema_decay: its average
 
 
 def forget_after(log_path: Path, step: int) -> None:
