@@ -640,6 +640,26 @@ def test_seed_on_the_command_line_gives_a_continuation_its_own_sample_stream(
     assert streams["continuation"] != streams["config"]
 
 
+def test_stop_after_ends_a_run_with_a_checkpoint_that_resumes_to_its_planned_end(
+    people: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A run longer than a working session stops on time, skips the final validation, and resumes to its plan."""
+    monkeypatch.setattr(train_module, "save_preview", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_module, "plot_curves", lambda *args, **kwargs: None)
+    out_dir = tmp_path / "long"
+    path = toml_config(tiny_config(people, out_dir, steps=4, eval_every=4), tmp_path / "long.toml")
+    train_module.main([str(path), "--stop-after", "0"])  # the time is up as soon as the first step ends
+    assert "stopped at step 1/4" in capsys.readouterr().out
+    assert load_checkpoint(out_dir / "checkpoint.pt")["step"] == 1
+    assert not (out_dir / "best.pt").exists()  # nothing validated on the way out
+
+    train_module.main([str(path), "--resume"])
+    assert load_checkpoint(out_dir / "checkpoint.pt")["step"] == 4
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if record["kind"] == "val"] == [4]
+    assert (out_dir / "best.pt").exists()
+
+
 def test_steps_on_the_command_line_win_over_epochs_in_the_config(people: Path, tmp_path: Path) -> None:
     """A short trial of an epochs-based config (the research ones) runs the steps asked for, not every epoch."""
     out_dir = tmp_path / "trial"

@@ -480,9 +480,18 @@ class Distributed:
             dist.barrier()
 
 
-def train(config: TrainConfig, resume: bool = False, device: str | None = None, log=print) -> dict:
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    device: str | None = None,
+    log=print,
+    *,
+    stop_at: float | None = None,
+) -> dict:
     """Run (or resume) one training run; returns the last validation report.
 
+    `stop_at` (a time.monotonic() value): from then on, write a checkpoint at the end of the step and stop, to
+    be resumed later with resume=True; the run's plan (steps, schedule) is unchanged.
     Under torchrun (WORLD_SIZE > 1) it runs DistributedDataParallel: gloo on CPU, NCCL on GPUs, each rank
     drawing its own share of one sample stream; batch_size is per process, a step consumes it on every rank.
     """
@@ -497,13 +506,15 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
     if not ranks.leader:
         log = lambda message: None  # noqa: E731 - one voice in the log
     try:
-        return _train(config, resume, device, ranks, log)
+        return _train(config, resume, device, ranks, log, stop_at)
     finally:
         if ranks.world > 1:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distributed, log) -> dict:
+def _train(
+    config: TrainConfig, resume: bool, device: torch.device, ranks: Distributed, log, stop_at: float | None
+) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     check_out_dir(config, resume)
@@ -656,6 +667,8 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                 )
                 window_loss, window_images, window_start = 0.0, 0, time.monotonic()
 
+            # Rank 0's clock decides, so that every rank stops at the same step.
+            stopping = stop_at is not None and step < config.steps and ranks.broadcast(time.monotonic() >= stop_at)
             if step % eval_every == 0 or step == config.steps:
                 if ranks.leader:
                     evaluated = averaged.module if averaged is not None else model
@@ -687,9 +700,12 @@ def _train(config: TrainConfig, resume: bool, device: torch.device, ranks: Distr
                 ranks.barrier()
                 last_checkpoint = time.monotonic()
             # Rank 0's clock decides, so that every rank joins the same checkpoint.
-            elif ranks.broadcast(time.monotonic() - last_checkpoint > checkpoint_seconds):
+            elif stopping or ranks.broadcast(time.monotonic() - last_checkpoint > checkpoint_seconds):
                 checkpoint_now()
                 last_checkpoint = time.monotonic()
+            if stopping:
+                log(f"stopped at step {step}/{config.steps} by --stop-after, checkpoint written: resume with --resume")
+                break
     return report
 
 
@@ -710,7 +726,16 @@ def main(argv: list[str] | None = None) -> None:
         help="the sample stream's seed (overrides the config's): give each warm-started continuation its own, "
         "or it replays the samples and augmentations of the run before it",
     )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="MINUTES",
+        help="stop after this many minutes of wall time at the end of a step, with a checkpoint and without the "
+        "final validation; --resume continues the same plan. For runs longer than a working session",
+    )
     args = parser.parse_args(argv)
+    # Counted from the start of the process: loading the data can take minutes on a slow machine.
+    stop_at = None if args.stop_after is None else time.monotonic() + args.stop_after * 60
     config = TrainConfig.from_toml(
         args.config,
         steps=args.steps,
@@ -731,7 +756,13 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join([sys.executable, "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])
     with open(Path(config.out_dir) / "command.txt", "a") as command_file:
         command_file.write(command + "\n")
-    train(config, resume=args.resume, device=args.device, log=lambda message: print(message, flush=True))
+    train(
+        config,
+        resume=args.resume,
+        device=args.device,
+        log=lambda message: print(message, flush=True),
+        stop_at=stop_at,
+    )
 
 
 if __name__ == "__main__":
