@@ -75,15 +75,30 @@ class Predictor:
         model, card = load_model(name, weights_dir or WEIGHTS_DIR)
         return cls(fold_batch_norms(model), card, fast=fast)
 
-    def network_size(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) the photo is resized to: long side at the card's size, aspect kept."""
-        scale = self.card.inference_size / max(width, height)
+    def network_size(self, width: int, height: int, long_side: int | None = None) -> tuple[int, int]:
+        """The (width, height) the photo is resized to: long side at the card's size (or long_side), aspect kept."""
+        scale = (long_side or self.card.inference_size) / max(width, height)
         return max(1, round(width * scale)), max(1, round(height * scale))
 
     @torch.inference_mode()
     def predict_low_res(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-        """Person probability at the network's resolution, with the resized photo it was computed on."""
-        small = image.resize(self.network_size(*image.size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        """Person probability at the network's resolution, with the resized photo it was computed on.
+
+        With the card's extra_sizes, the mean over those sizes too, each resized to the card's size first.
+        """
+        probability, pixels = self.probability_at(image, self.card.inference_size)
+        if not self.card.extra_sizes:
+            return probability, pixels
+        total = torch.from_numpy(probability).clone()
+        for long_side in self.card.extra_sizes:
+            other = torch.from_numpy(self.probability_at(image, long_side)[0])[None, None]
+            total += F.interpolate(other, size=probability.shape, mode="bilinear", align_corners=False)[0, 0]
+        return total.div_(1 + len(self.card.extra_sizes)).numpy(), pixels
+
+    @torch.inference_mode()
+    def probability_at(self, image: Image.Image, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Person probability with the photo resized to long_side, and the resized photo."""
+        small = image.resize(self.network_size(*image.size, long_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels = np.asarray(small)
         tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float().div_(255)
         tensor = (tensor - self._mean) / self._std

@@ -40,6 +40,9 @@ class ModelCard:
     parameters: int = 0
     second_pass: bool = False  # a second pass on a crop around small people (measured per weights, on val)
     output_stride: int | None = None  # DeepLab's encoder stride the weights were trained at; None: the default
+    # More long sides the network also runs at, their probabilities resized to inference_size's grid and averaged
+    # in (test-time multi-scale): a small size sees the whole person, a large one small figures.
+    extra_sizes: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The card as indented JSON."""

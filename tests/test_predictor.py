@@ -292,6 +292,28 @@ def test_flip_average_is_the_mean_of_the_photo_and_its_mirror(random_weights_dir
     np.testing.assert_allclose(averaged.predict_low_res(image)[0], expected, atol=1e-5)
 
 
+def test_extra_sizes_average_the_probability_over_input_sizes(random_weights_dir: Path) -> None:
+    """With the card's extra_sizes, the probability is the mean over sizes, each resized to the card's grid."""
+    plain = Predictor.from_weights("unet", random_weights_dir, fast=False)
+    multi_card = ModelCard(**{**plain.card.__dict__, "inference_size": 64, "extra_sizes": [96, 40]})
+    multi = Predictor(plain.model, multi_card, fast=False)
+    image = Image.new("RGB", (150, 100), (120, 80, 40))
+    image.paste((250, 250, 250), (20, 10, 70, 90))
+    base, pixels = plain.probability_at(image, 64)
+    assert base.shape == (43, 64)
+    expected = torch.from_numpy(base.copy())
+    for long_side in (96, 40):
+        other, _ = plain.probability_at(image, long_side)
+        assert max(other.shape) == long_side
+        expected += F.interpolate(torch.from_numpy(other)[None, None], size=base.shape, mode="bilinear")[0, 0]
+    expected /= 3
+    averaged, averaged_pixels = multi.predict_low_res(image)
+    assert averaged.shape == base.shape and averaged_pixels.shape == pixels.shape  # refined at the card's size
+    assert not np.allclose(averaged, base, atol=1e-3)
+    np.testing.assert_allclose(averaged, expected.numpy(), atol=1e-5)
+    assert multi.predict_alpha(image).shape == (100, 150)
+
+
 @pytest.mark.parametrize("band_pixels", [1, 700, 1 << 20])  # one row a band, several rows, the whole photo
 @pytest.mark.parametrize("size", [(97, 61), (61, 97)])
 def test_banded_refinement_equals_the_whole_image_guided_filter(

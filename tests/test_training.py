@@ -1206,6 +1206,12 @@ def test_export_can_choose_the_served_inference_size(trained_run: Path, tmp_path
     assert card.training["config"]["inference_size"] == 64  # the run itself is recorded as it was
 
 
+def test_export_records_the_served_extra_sizes(trained_run: Path, tmp_path: Path) -> None:
+    card = export(trained_run / "best.pt", tmp_path / "weights", extra_sizes=[96, 48], log=lambda _: None)
+    assert card.extra_sizes == read_card("deeplab", tmp_path / "weights").extra_sizes == [96, 48]
+    assert Predictor.from_weights("deeplab", tmp_path / "weights").card.extra_sizes == [96, 48]
+
+
 def test_export_sets_the_served_threshold_from_the_command_line(trained_run: Path, tmp_path: Path, capsys) -> None:
     weights = tmp_path / "weights"
     assert export_main([str(trained_run / "best.pt"), "--out-dir", str(weights), "--threshold", "0.6"]) == 0
@@ -1358,6 +1364,15 @@ def test_evaluate_overrides_the_cards_threshold_second_pass_and_size(
     written = json.loads(out.read_text())
     assert written["inference_size"] == 128 and "--inference-size 128" in written["command"]
     assert "unet: inference size 128" in capsys.readouterr().err
+
+    net.input_sizes.clear()
+    evaluate_main(
+        ["--model", "unet", "--data", str(root), "--inference-size", "64", "--extra-sizes", "128", "--json", str(out)]
+    )
+    assert net.input_sizes == [(64, 64), (128, 96)] * 2  # each photo at 64 (padded to /32), then at 128
+    written = json.loads(out.read_text())
+    assert written["extra_sizes"] == [128] and written["command"].endswith("--extra-sizes 128")
+    assert "unet: inference size 64 averaged with 128" in capsys.readouterr().err
 
 
 def test_veil_counts_only_soft_alpha_away_from_the_outline() -> None:

@@ -73,8 +73,12 @@ def test_card_json_round_trips() -> None:
         training_data=[{"name": "people-ccp", "licence": "Apache-2.0"}],
         metrics={"all": {"dice": 0.9, "iou": 0.82}},
         parameters=31_037_633,
+        extra_sizes=[160],
     )
     assert ModelCard.from_json(card.to_json()) == card
+    older = json.loads(card.to_json())
+    del older["extra_sizes"]  # cards written before the field: one size
+    assert ModelCard.from_json(json.dumps(older)).extra_sizes == []
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

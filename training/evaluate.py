@@ -225,6 +225,7 @@ def evaluation_command(
     threshold: float | None = None,
     second_pass: bool | None = None,
     inference_size: int | None = None,
+    extra_sizes: list[int] | None = None,
 ) -> str:
     """The command line that reproduces an evaluation (written into weights cards)."""
     parts = ["python -m training.evaluate", f"--model {model}", "--data", *map(str, roots), f"--split {split}"]
@@ -238,6 +239,8 @@ def evaluation_command(
         parts.append("--second-pass" if second_pass else "--no-second-pass")
     if inference_size is not None:
         parts.append(f"--inference-size {inference_size}")
+    if extra_sizes is not None:
+        parts.append(f"--extra-sizes {' '.join(map(str, extra_sizes))}".rstrip())
     return " ".join(parts)
 
 
@@ -280,6 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument(
         "--inference-size", type=positive_int, help="resize photos to this long side instead of the card's"
     )
+    parser.add_argument(
+        "--extra-sizes",
+        type=positive_int,
+        nargs="*",
+        help="more long sides whose probabilities are averaged in, instead of the card's (none: --extra-sizes alone)",
+    )
     args = parser.parse_args(argv)
 
     predictor = Predictor.from_weights(args.model, args.weights_dir)
@@ -290,8 +299,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         predictor.second_pass = args.second_pass
     if args.inference_size is not None:
         card.inference_size = args.inference_size
+    if args.extra_sizes is not None:
+        card.extra_sizes = args.extra_sizes
+    extra = f" averaged with {', '.join(map(str, card.extra_sizes))}" if card.extra_sizes else ""
     print(
-        f"{args.model}: inference size {card.inference_size}, threshold {card.threshold}, "
+        f"{args.model}: inference size {card.inference_size}{extra}, threshold {card.threshold}, "
         f"second pass {'on' if predictor.second_pass else 'off'}, "
         f"{args.split} split of {', '.join(Path(root).name for root in args.data)}",
         file=sys.stderr,
@@ -322,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                     "threshold": card.threshold,
                     "second_pass": predictor.second_pass,
                     "inference_size": card.inference_size,
+                    "extra_sizes": card.extra_sizes,
                     "metrics": report,
                     "command": evaluation_command(
                         args.model,
@@ -332,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                         threshold=args.threshold,
                         second_pass=args.second_pass,
                         inference_size=args.inference_size,
+                        extra_sizes=args.extra_sizes,
                     ),
                 },
                 indent=2,

@@ -216,6 +216,7 @@ def export(
     threshold: float | None = None,
     flip_average: bool = False,
     second_pass: bool = False,
+    extra_sizes: list[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> ModelCard:
     """Write a checkpoint's weights and card into out_dir; with score, evaluate them and record it in the card.
@@ -232,6 +233,7 @@ def export(
         card.threshold = threshold
     card.flip_average = flip_average
     card.second_pass = second_pass
+    card.extra_sizes = list(extra_sizes or [])
     if not card.training_command:
         log(f"warning: no {checkpoint_path.parent / 'command.txt'}; the card's training_command stays empty")
     model = create_model(card.architecture)
@@ -288,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--flip-average", action="store_true", help="serve with test-time horizontal flip")
     parser.add_argument("--second-pass", action="store_true", help="serve with a second pass around small people")
+    parser.add_argument(
+        "--extra-sizes",
+        type=positive_int,
+        nargs="+",
+        help="serve with test-time multi-scale: more long sides whose probabilities are averaged in",
+    )
     args = parser.parse_args(argv)
     if (args.data or args.limit) and not args.evaluate:
         parser.error("--data and --limit choose what --evaluate scores; add --evaluate")
@@ -303,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold=args.threshold,
             flip_average=args.flip_average,
             second_pass=args.second_pass,
+            extra_sizes=args.extra_sizes,
             log=lambda message: print(message, flush=True),
         )
     except (ExportError, WeightsError, DatasetError) as error:
