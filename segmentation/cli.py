@@ -106,7 +106,9 @@ def models_command(args: argparse.Namespace) -> int:
             continue
         dice = card.metrics.get("all", {}).get("dice")
         score = f"val Dice {dice:.3f}" if dice is not None else "no validation metrics"
-        print(f"{name}: {card.parameters / 1e6:.1f} M parameters, input long side {card.inference_size}, {score}")
+        sizes = ", ".join(map(str, [card.inference_size, *card.extra_sizes]))
+        side = f"input long side{'s' if card.extra_sizes else ''} {sizes}"
+        print(f"{name}: {card.parameters / 1e6:.1f} M parameters, {side}, {score}")
         for source, metrics in card.metrics.items():
             if source == "all":
                 continue

@@ -145,6 +145,7 @@ def test_models_shows_validation_metrics_from_the_cards(tmp_path: Path, capsys) 
     card = {
         "architecture": "deeplab",
         "inference_size": 384,
+        "extra_sizes": [256],
         "mean": [0.5] * 3,
         "std": [0.25] * 3,
         "parameters": 16614660,
@@ -157,7 +158,7 @@ def test_models_shows_validation_metrics_from_the_cards(tmp_path: Path, capsys) 
     (tmp_path / "deeplab.json").write_text(json.dumps(card))
     assert run(tmp_path, "models") == 0
     out = capsys.readouterr().out
-    assert "deeplab: 16.6 M parameters, input long side 384, val Dice 0.931" in out
+    assert "deeplab: 16.6 M parameters, input long sides 384, 256, val Dice 0.931" in out
     assert "people-ccp: Dice 0.950  IoU 0.905" in out
     assert "no-people (nobody in them): 3.1% of each photo kept" in out
     assert "unet: no weights (no model card for 'unet'" in out
