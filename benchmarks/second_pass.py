@@ -1,6 +1,7 @@
 """Seconds the second pass on small people adds to a matte: real photos that take it, with the pass and without.
 
     python benchmarks/second_pass.py [--model unet] [--photos 8] [--runs 5] [--data ../shared/data/people-coco]
+                                     [--weights-dir DIR]
 
 Takes the first val photos of the set on which the shipped predictor runs its second pass, resizes each to
 1280x960 (a phone photo's scale, so that the numbers compare with benchmarks/inference.py), and times the
@@ -56,8 +57,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/people-coco"))
+    parser.add_argument("--weights-dir", type=Path, help="default: the shipped weights")
     args = parser.parse_args()
-    predictor = Predictor.from_weights(args.model)
+    predictor = Predictor.from_weights(args.model, args.weights_dir)
     photos = photos_taking_the_pass(predictor, args.data, args.photos)
     if not photos:
         raise SystemExit(f"no val photo of {args.data} takes the second pass with {args.model}")
